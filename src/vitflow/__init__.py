@@ -1,0 +1,24 @@
+"""vitflow: Dynamic Accumulated Attention Maps (DAAM) for Vision Transformers.
+
+Implements Liao, Gao & Zhang, "Dynamic Accumulated Attention Map for Interpreting Evolution of
+Decision-Making in Vision Transformer", Pattern Recognition 165 (2025) 111607.
+"""
+
+from vitflow.adapters import Adapter, AttentionSite, register_adapter
+from vitflow.engine import DAAM, DecompositionError
+from vitflow.result import DAAMResult
+from vitflow.targets import ClassTarget, Target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DAAM",
+    "Adapter",
+    "AttentionSite",
+    "ClassTarget",
+    "DAAMResult",
+    "DecompositionError",
+    "Target",
+    "__version__",
+    "register_adapter",
+]

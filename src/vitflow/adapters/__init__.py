@@ -1,0 +1,58 @@
+"""Per-family knowledge of where q, k, v, the [class] attention output and the prefix tokens live.
+
+One module per family behind :class:`~vitflow.adapters.base.Adapter`; :func:`resolve_adapter`
+picks the first registered adapter that recognises a model.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vitflow.adapters.base import Adapter, AttentionSite, BlockRecord, GridSpec, OverrideAdapter
+from vitflow.adapters.timm import TimmAdapter
+
+ADAPTERS: list[type[Adapter]] = [TimmAdapter]
+
+
+def register_adapter(adapter: type[Adapter]) -> type[Adapter]:
+    """Add an adapter class to the registry (usable as a decorator); later ones are tried first."""
+    ADAPTERS.insert(0, adapter)
+    return adapter
+
+
+def resolve_adapter(
+    model: nn.Module,
+    adapter: Adapter | type[Adapter] | None = None,
+    prefix_tokens: int | None = None,
+    grid: GridSpec | None = None,
+) -> Adapter:
+    """The adapter for ``model``: the one given, else the first registered one that matches."""
+    if isinstance(adapter, Adapter):
+        resolved = adapter
+    elif adapter is not None:
+        resolved = adapter(model)
+    else:
+        found = next((cls for cls in ADAPTERS if cls.matches(model)), None)
+        if found is None:
+            families = ", ".join(cls.family for cls in ADAPTERS)
+            raise TypeError(
+                f"vitflow does not recognise {type(model).__module__}.{type(model).__name__} "
+                f"(supported families: {families}); pass adapter=YourAdapter (README, 'Custom ViTs')"
+            )
+        resolved = found(model)
+    if prefix_tokens is not None or grid is not None:
+        resolved = OverrideAdapter(resolved, prefix_tokens, grid)
+    return resolved
+
+
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "AttentionSite",
+    "BlockRecord",
+    "GridSpec",
+    "OverrideAdapter",
+    "TimmAdapter",
+    "register_adapter",
+    "resolve_adapter",
+]

@@ -1,0 +1,193 @@
+"""The common interface every model family implements, and the per-block record hooks fill.
+
+An adapter knows *where* a family keeps the tensors DAAM needs; it does no method math. For each
+attention block it installs hooks that hand the block's :class:`BlockRecord` four things:
+
+- the [class] token's query ``(B, H, d)`` and all keys ``(B, H, N, d)`` (after q/k norm, rotation),
+- the values ``(B, H, N, d)``,
+- the attention output before the output projection ``(B, N, C)``, whose [class] row is ``T_b``.
+
+The record turns query and keys into the [class] attention row at once (the keys are not kept),
+and makes the attention output a point where the engine can read ``dY/dT_b`` in the backward
+pass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vitflow.core.daam import class_attention_row
+
+GridSpec = tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]]
+
+
+class RecordError(RuntimeError):
+    """A hook saw something that does not fit one forward pass of one block."""
+
+
+@dataclass
+class BlockRecord:
+    """What one forward pass leaves behind for one attention block."""
+
+    index: int
+    scale: float
+    active: bool = False
+    q_cls: torch.Tensor | None = None
+    attn_row: torch.Tensor | None = None  # (B, H, N)
+    v: torch.Tensor | None = None  # (B, H, N, d)
+    output: torch.Tensor | None = None  # (B, N, C), on the autograd path
+    coefficients: torch.Tensor | None = None  # (B, C) = dY/dT_b, filled in backward
+    _k: torch.Tensor | None = field(default=None, repr=False)
+    _grad_anchor: torch.Tensor | None = field(default=None, repr=False)
+
+    def clear(self) -> None:
+        self.q_cls = self.attn_row = self.v = self.output = self.coefficients = None
+        self._k = self._grad_anchor = None
+
+    def query(self, q: torch.Tensor) -> None:
+        """``q``: ``(B, H, N, d)``; only the [class] row is kept."""
+        if self.active:
+            self.q_cls = q[:, :, 0].detach()
+            self._maybe_attention_row()
+
+    def key(self, k: torch.Tensor) -> None:
+        """``k``: ``(B, H, N, d)``; reduced to the [class] attention row, then dropped."""
+        if self.active:
+            self._k = k.detach()
+            self._maybe_attention_row()
+
+    def value(self, v: torch.Tensor) -> None:
+        """``v``: ``(B, H, N, d)``."""
+        if self.active:
+            if self.v is not None:
+                raise RecordError(f"block {self.index} ran twice in one forward pass")
+            self.v = v.detach()
+
+    def attention_output(self, out: torch.Tensor) -> torch.Tensor:
+        """``out``: ``(B, N, C)`` before the output projection. Returns the tensor the model must
+        go on with: the same values, made part of the autograd graph when nothing upstream is."""
+        if not self.active:
+            return out
+        if not out.requires_grad:
+            # Nothing upstream requires grad (parameters are frozen during the call): adding a
+            # zero leaf starts the graph here, so the backward pass stops at this block.
+            self._grad_anchor = torch.zeros((), dtype=out.dtype, device=out.device, requires_grad=True)
+            out = out + self._grad_anchor
+        self.output = out
+        out.register_hook(self._store_coefficients)
+        return out
+
+    def _store_coefficients(self, grad: torch.Tensor) -> None:
+        self.coefficients = grad[:, 0].detach().clone()
+
+    def _maybe_attention_row(self) -> None:
+        k = self._k
+        if self.q_cls is None or k is None:
+            return
+        if self.attn_row is not None:
+            raise RecordError(f"block {self.index} ran twice in one forward pass")
+        with torch.no_grad():
+            work = torch.promote_types(k.dtype, torch.float32)
+            self.attn_row = class_attention_row(self.q_cls.to(work), k.to(work), self.scale)
+        self._k = None
+
+
+class AttentionSite(ABC):
+    """One attention block of a model: installs the hooks that fill its :class:`BlockRecord`."""
+
+    module: nn.Module
+
+    @property
+    @abstractmethod
+    def scale(self) -> float:
+        """The factor applied to ``q . k`` before the softmax."""
+
+    @abstractmethod
+    def install(self, record: BlockRecord) -> list[torch.utils.hooks.RemovableHandle]:
+        """Register hooks on the model that fill ``record``; return every handle."""
+
+
+class Adapter(ABC):
+    """Where one family of ViTs keeps its tokens, attention and classifier.
+
+    Subclass it to support a custom ViT (see the README, "Custom ViTs"): list the attention
+    sites, say how many prefix tokens precede the patches, and map an input size to the grid.
+    """
+
+    family: str = "custom"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether this adapter recognises ``model`` (used by :func:`resolve_adapter`)."""
+        return False
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` if the model's decision cannot be explained through its [class]
+        token (e.g. a classifier on average-pooled patch tokens)."""
+
+    @abstractmethod
+    def sites(self) -> Sequence[AttentionSite]:
+        """The attention blocks in forward order."""
+
+    @abstractmethod
+    def prefix_tokens(self) -> int:
+        """Tokens before the patch tokens ([class], distillation, registers)."""
+
+    @abstractmethod
+    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The ``(h, w)`` patch grid for an input of ``image_size = (H, W)`` pixels."""
+
+    def num_classes(self) -> int | None:
+        """Classifier outputs, 0 for a headless backbone, ``None`` when unknown."""
+        return None
+
+    def logits(self, output: object) -> torch.Tensor:
+        """The ``(B, K)`` tensor the targets score, from whatever the model's forward returns."""
+        if isinstance(output, torch.Tensor) and output.ndim == 2:
+            return output
+        raise TypeError(
+            f"{type(self.model).__name__} returned {type(output).__name__}, not a (B, K) tensor; "
+            "call model.eval() (some models return tuples in training mode) or use an adapter "
+            "whose logits() extracts the scores"
+        )
+
+
+class OverrideAdapter(Adapter):
+    """Wraps an adapter with user-given geometry (``DAAM(model, prefix_tokens=..., grid=...)``)."""
+
+    def __init__(self, inner: Adapter, prefix_tokens: int | None, grid: GridSpec | None) -> None:
+        super().__init__(inner.model)
+        self.inner = inner
+        self.family = inner.family
+        self._prefix = prefix_tokens
+        self._grid = grid
+
+    def validate(self) -> None:
+        self.inner.validate()
+
+    def sites(self) -> Sequence[AttentionSite]:
+        return self.inner.sites()
+
+    def prefix_tokens(self) -> int:
+        return self.inner.prefix_tokens() if self._prefix is None else self._prefix
+
+    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        if self._grid is None:
+            return self.inner.grid(image_size)
+        if callable(self._grid):
+            return tuple(self._grid(image_size))
+        return tuple(self._grid)
+
+    def num_classes(self) -> int | None:
+        return self.inner.num_classes()
+
+    def logits(self, output: object) -> torch.Tensor:
+        return self.inner.logits(output)

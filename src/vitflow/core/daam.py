@@ -1,0 +1,126 @@
+"""DAAM as pure tensor math (method.md sections 1-4).
+
+No hooks, no I/O, no knowledge of model families. Dimension names used in shapes:
+``B`` images, ``H`` heads, ``N`` tokens (prefix + patches), ``d`` head size, ``C = H*d`` width,
+``L`` blocks, ``h x w`` patch grid.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Rho = Literal["relu", "identity"]
+
+
+def class_attention_row(q_cls: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """The [class] row of every head's attention matrix, without forming the N x N matrix.
+
+    Args:
+        q_cls: ``(B, H, d)`` the [class] token's query (after any q-norm / rotation).
+        k: ``(B, H, N, d)`` all keys (after any k-norm / rotation).
+        scale: the softmax temperature the model uses (usually ``d ** -0.5``).
+
+    Returns:
+        ``(B, H, N)`` ``a[b, h, j] = softmax_j(q_cls . k_j * scale)``; O(N*C) work.
+    """
+    logits = torch.einsum("bhd,bhnd->bhn", q_cls, k) * scale
+    return logits.softmax(dim=-1)
+
+
+def token_contributions(attn_row: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Split the [class] token's attention output into one additive part per token (section 1).
+
+    Args:
+        attn_row: ``(B, H, N)`` from :func:`class_attention_row`.
+        v: ``(B, H, N, d)`` values.
+
+    Returns:
+        ``(B, N, C)`` ``S[b, j, c] = a[b, h(c), j] * v[b, h(c), j, c mod d]``; channels ordered head
+        by head, as the model concatenates them before its output projection.
+    """
+    s = attn_row.unsqueeze(-1) * v  # b h n d
+    batch, heads, tokens, head_dim = s.shape
+    return s.permute(0, 2, 1, 3).reshape(batch, tokens, heads * head_dim)
+
+
+def class_token_output(attn_row: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``T = sum_j S[j]``: the [class] row of the attention output, ``(B, C)``.
+
+    Equal to the model's own [class] attention output when the capture is right; this is the
+    decomposition identity the engine checks at run time.
+    """
+    out = torch.einsum("bhn,bhnd->bhd", attn_row, v)
+    return out.reshape(out.shape[0], -1)
+
+
+def apply_rho(coefficients: torch.Tensor, rho: Rho) -> torch.Tensor:
+    """The channel-coefficient transform of section 3: ReLU (supervised) or identity (SSL)."""
+    if rho == "relu":
+        return coefficients.clamp_min(0)
+    if rho == "identity":
+        return coefficients
+    raise ValueError(f"rho must be 'relu' or 'identity', got {rho!r}")
+
+
+def token_relevance(
+    attn_row: torch.Tensor, v: torch.Tensor, coefficients: torch.Tensor, rho: Rho = "relu"
+) -> torch.Tensor:
+    """``U[j] = sum_c rho(C[c]) S[j, c] = sum_h a^h[j] <rho(C^h), v^h[j]>`` for all N tokens.
+
+    Args:
+        attn_row: ``(B, H, N)``.
+        v: ``(B, H, N, d)``.
+        coefficients: ``(B, C)`` channel importance ``dY / dT``.
+        rho: coefficient transform.
+
+    Returns:
+        ``(B, N)`` token relevance, prefix tokens included.
+    """
+    batch, heads, _, head_dim = v.shape
+    weights = apply_rho(coefficients, rho).reshape(batch, heads, head_dim)
+    value_scores = torch.einsum("bhnd,bhd->bhn", v, weights)
+    return (attn_row * value_scores).sum(dim=1)
+
+
+def block_map(relevance: torch.Tensor, prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
+    """``L_b = ReLU(U[patch tokens])`` on the patch grid.
+
+    Args:
+        relevance: ``(..., N)`` token relevance.
+        prefix_tokens: number of leading non-patch tokens (class, distillation, registers).
+        grid: ``(h, w)`` with ``h * w == N - prefix_tokens``.
+
+    Returns:
+        ``(..., h, w)``.
+    """
+    patches = relevance[..., prefix_tokens:]
+    h, w = grid
+    if patches.shape[-1] != h * w:
+        raise ValueError(
+            f"{patches.shape[-1]} patch tokens do not fill a {h}x{w} grid "
+            f"({relevance.shape[-1]} tokens, {prefix_tokens} prefix tokens); "
+            "pass the right prefix_tokens= / grid= to DAAM"
+        )
+    return patches.clamp_min(0).reshape(*patches.shape[:-1], h, w)
+
+
+def minmax_per_map(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each ``(h, w)`` map of ``(..., h, w)`` to [0, 1]; a constant map becomes 0."""
+    flat = maps.flatten(-2)
+    lo = flat.amin(dim=-1, keepdim=True)
+    span = flat.amax(dim=-1, keepdim=True) - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    return out.reshape(maps.shape)
+
+
+def accumulate(block_maps: torch.Tensor, normalize_blocks: bool = False) -> torch.Tensor:
+    """The attention flow: ``L_{b,DAAM} = sum_{i<=b} L_i`` along dim 1 of ``(B, L, h, w)``.
+
+    With ``normalize_blocks`` each ``L_i`` is min-max normalised per image first (the published
+    ``--norm`` option).
+    """
+    if normalize_blocks:
+        block_maps = minmax_per_map(block_maps)
+    return block_maps.cumsum(dim=1)

@@ -1,0 +1,86 @@
+"""What to explain: the score ``Y`` whose gradient weights the channels (method.md section 2).
+
+A target is any object with ``__call__(output) -> (scores (B,), labels (B,))`` and a default
+coefficient transform ``rho``. ``DAAM`` turns the user's ``target=`` argument into one with
+:func:`as_target`, following captum's convention: ``None`` explains the predicted class, an int
+broadcasts to the batch, a sequence or 1-D tensor gives one class per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from vitflow.core.daam import Rho
+
+
+@runtime_checkable
+class Target(Protocol):
+    rho: Rho
+
+    def __call__(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``output``: ``(B, K)`` model output. Returns ``(scores (B,), labels (B,))``; the
+        gradient of ``scores.sum()`` gives each image's channel coefficients."""
+        ...
+
+
+class ClassTarget:
+    """The pre-softmax logit of one class per image (``None``: the predicted class)."""
+
+    rho: Rho = "relu"
+
+    def __init__(self, classes: int | Sequence[int] | torch.Tensor | None = None) -> None:
+        if isinstance(classes, bool) or (
+            classes is not None and not isinstance(classes, int | Sequence | torch.Tensor)
+        ):
+            raise TypeError(
+                f"target must be None, an int, a sequence of ints or a 1-D tensor, got {type(classes).__name__}"
+            )
+        self.classes = classes
+
+    def labels(self, output: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` int64 class per image on ``output``'s device, validated against ``output``."""
+        batch, num_classes = output.shape
+        if self.classes is None:
+            return output.detach().argmax(dim=1)
+        if isinstance(self.classes, int):
+            labels = torch.full((batch,), self.classes, dtype=torch.long, device=output.device)
+        else:
+            labels = torch.as_tensor(self.classes, device=output.device)
+            if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+                raise ValueError(
+                    f"target must be a 1-D sequence of class indices, got shape {tuple(labels.shape)} "
+                    f"and dtype {labels.dtype}"
+                )
+            if labels.numel() != batch:
+                raise ValueError(
+                    f"got {labels.numel()} targets for a batch of {batch} images; give one class per "
+                    "image, or a single int to explain the same class for all"
+                )
+            labels = labels.long()
+        bad = (labels < 0) | (labels >= num_classes)
+        if bad.any():
+            raise ValueError(
+                f"target class {int(labels[bad][0])} is out of range for a model with {num_classes} "
+                f"classes; use 0..{num_classes - 1}"
+            )
+        return labels
+
+    def __call__(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = self.labels(output)
+        return output.gather(1, labels[:, None]).squeeze(1), labels
+
+
+def as_target(target: object, num_classes: int | None, model_name: str) -> Target:
+    """Turn ``DAAM.__call__``'s ``target`` argument into a :class:`Target`."""
+    if isinstance(target, Target):
+        return target
+    if num_classes == 0:
+        raise ValueError(
+            f"{model_name} has no classifier head (num_classes=0), so there is no class to explain; "
+            "use the self-supervised mode (a feature target such as a memory-bank k-NN target) or "
+            "create the model with a classifier"
+        )
+    return ClassTarget(target)

@@ -1,0 +1,91 @@
+"""An independent float64 DAAM for timm ViTs that builds every attention matrix explicitly.
+
+It re-runs the model's blocks by hand (full N x N softmax attention, the explicit token-by-channel
+contribution matrix S, the gradient read from a zero tensor added to the whole attention output)
+and shares no code with vitflow. Used as the ground truth the engine is compared to.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Reference:
+    block_maps: torch.Tensor  # (B, L, h, w)
+    relevance: torch.Tensor  # (B, L, N)
+    logits: torch.Tensor  # (B, K)
+    target: torch.Tensor  # (B,)
+    identity_error: float  # max |sum_j S[j] - O[0]| over blocks
+
+
+def reference_daam(model, x, target=None, rho="relu", prefix_tokens=None, grid=None) -> Reference:
+    model = copy.deepcopy(model).double()
+    x = x.double()
+    batch = x.shape[0]
+    tokens = model.patch_embed(x)
+    tokens = model._pos_embed(tokens)
+    tokens = model.norm_pre(model.patch_drop(tokens))
+    n_tokens = tokens.shape[1]
+
+    zero_leaves, class_rows, values, outputs = [], [], [], []
+    for blk in model.blocks:
+        attn = blk.attn
+        heads, head_dim = attn.num_heads, attn.head_dim
+        h = blk.norm1(tokens)
+        qkv = attn.qkv(h).reshape(batch, n_tokens, 3, heads, head_dim)
+        q = attn.q_norm(qkv[:, :, 0].transpose(1, 2))  # b h n d
+        k = attn.k_norm(qkv[:, :, 1].transpose(1, 2))
+        v = qkv[:, :, 2].transpose(1, 2)
+        full = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1)  # b h n n
+        out = torch.matmul(full, v).transpose(1, 2).reshape(batch, n_tokens, heads * head_dim)
+        leaf = torch.zeros_like(out, requires_grad=True)
+        out = out + leaf
+        tokens = tokens + blk.drop_path1(blk.ls1(attn.proj(attn.norm(out))))
+        tokens = tokens + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(tokens))))
+        zero_leaves.append(leaf)
+        class_rows.append(full[:, :, 0, :].detach())
+        values.append(v.detach())
+        outputs.append(out[:, 0].detach())
+    logits = model.forward_head(model.norm(tokens))
+    if target is None:
+        labels = logits.argmax(1)
+    else:
+        labels = torch.as_tensor(target).long().expand(batch) if isinstance(target, int) else torch.as_tensor(target)
+    score = logits[torch.arange(batch), labels].sum()
+    grads = torch.autograd.grad(score, zero_leaves)
+
+    prefix = model.num_prefix_tokens if prefix_tokens is None else prefix_tokens
+    if grid is None:
+        patch = model.patch_embed.patch_size
+        grid = (x.shape[-2] // patch[0], x.shape[-1] // patch[1])
+    maps, relevances, identity_error = [], [], 0.0
+    for row, v, grad, out in zip(class_rows, values, grads, outputs):
+        heads, head_dim = v.shape[1], v.shape[3]
+        channels = heads * head_dim
+        # S[b, j, c] = A^{h(c)}[0, j] * v[b, j, c], channel by channel
+        S = torch.empty(batch, n_tokens, channels, dtype=torch.float64)
+        for c in range(channels):
+            head = c // head_dim
+            S[:, :, c] = row[:, head, :] * v[:, head, :, c % head_dim]
+        identity_error = max(identity_error, float((S.sum(1) - out).abs().max()))
+        coeff = grad[:, 0]
+        coeff = coeff.clamp_min(0) if rho == "relu" else coeff
+        U = torch.einsum("bnc,bc->bn", S, coeff)
+        relevances.append(U)
+        maps.append(U[:, prefix:].clamp_min(0).reshape(batch, *grid))
+    return Reference(
+        block_maps=torch.stack(maps, 1),
+        relevance=torch.stack(relevances, 1),
+        logits=logits.detach(),
+        target=labels,
+        identity_error=identity_error,
+    )
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    scale = expected.abs().max().clamp_min(1e-300)
+    return float((actual.double() - expected.double()).abs().max() / scale)
