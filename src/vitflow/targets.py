@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from vitflow.core.daam import Rho
@@ -32,8 +33,8 @@ class ClassTarget:
     rho: Rho = "relu"
 
     def __init__(self, classes: int | Sequence[int] | torch.Tensor | None = None) -> None:
-        if isinstance(classes, bool) or (
-            classes is not None and not isinstance(classes, int | Sequence | torch.Tensor)
+        if isinstance(classes, bool | str | bytes) or (
+            classes is not None and not isinstance(classes, int | np.integer | Sequence | np.ndarray | torch.Tensor)
         ):
             raise TypeError(
                 f"target must be None, an int, a sequence of ints or a 1-D tensor, got {type(classes).__name__}"
@@ -45,10 +46,15 @@ class ClassTarget:
         batch, num_classes = output.shape
         if self.classes is None:
             return output.detach().argmax(dim=1)
-        if isinstance(self.classes, int):
+        if isinstance(self.classes, int | np.integer):
             labels = torch.full((batch,), self.classes, dtype=torch.long, device=output.device)
         else:
-            labels = torch.as_tensor(self.classes, device=output.device)
+            labels = self.classes
+            if not isinstance(labels, torch.Tensor):
+                labels = torch.as_tensor(np.asarray(labels))
+            labels = labels.to(output.device)
+            if labels.ndim == 0:  # a scalar tensor broadcasts like an int
+                labels = labels.expand(batch)
             if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
                 raise ValueError(
                     f"target must be a 1-D sequence of class indices, got shape {tuple(labels.shape)} "

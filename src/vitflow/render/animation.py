@@ -1,0 +1,39 @@
+"""Frames of the attention flow, labelled with their block, and the animated GIF."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def label_frame(frame: np.ndarray, text: str) -> Image.Image:
+    """Write ``text`` in the top-left corner of an ``(H, W, 3)`` uint8 frame, on a dark box."""
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(10, image.height // 16))
+    left, top, right, bottom = draw.textbbox((4, 2), text, font=font)
+    draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 255), font=font)
+    return image
+
+
+def encode_gif(frames: Sequence[Image.Image], duration_ms: int = 400, loop: int = 0) -> bytes:
+    """Animated GIF bytes; the last frame (the final explanation) is held three times as long."""
+    if not frames:
+        raise ValueError("encode_gif needs at least one frame")
+    durations = [duration_ms] * (len(frames) - 1) + [3 * duration_ms]
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=list(frames[1:]),
+        duration=durations,
+        loop=loop,
+        disposal=1,
+        optimize=False,
+    )
+    return buffer.getvalue()

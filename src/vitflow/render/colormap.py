@@ -1,0 +1,43 @@
+"""Colormaps: matplotlib's when it is installed; otherwise its "jet", from the same segment data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# matplotlib's _jet_data (piecewise-linear segments), so that the fallback equals matplotlib's jet
+_JET_SEGMENTS = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+
+
+def _builtin_jet() -> np.ndarray:
+    levels = np.linspace(0.0, 1.0, 256)
+    channels = [np.interp(levels, *zip(*_JET_SEGMENTS[name], strict=True)) for name in ("red", "green", "blue")]
+    return np.stack(channels, axis=1)
+
+
+def colormap_lut(name: str = "jet") -> np.ndarray:
+    """``(256, 3)`` float RGB lookup table in [0, 1] for a colormap name."""
+    try:
+        import matplotlib
+    except ImportError:
+        if name == "jet":
+            return _builtin_jet()
+        raise ValueError(
+            f"colormap {name!r} needs matplotlib (pip install matplotlib); without it only 'jet' is available"
+        ) from None
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(f"unknown colormap {name!r}; use a matplotlib name such as 'jet', 'inferno', 'viridis'") from None
+    return np.asarray(cmap(np.linspace(0.0, 1.0, 256)))[:, :3]
+
+
+def apply_colormap(heatmap: np.ndarray, name: str = "jet") -> np.ndarray:
+    """``(H, W)`` uint8 heatmap -> ``(H, W, 3)`` uint8 RGB."""
+    if heatmap.dtype != np.uint8:
+        raise ValueError(f"apply_colormap takes a uint8 heatmap (see to_uint8), got {heatmap.dtype}")
+    lut = np.round(colormap_lut(name) * 255.0).astype(np.uint8)
+    return lut[heatmap]
