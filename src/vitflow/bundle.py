@@ -1,0 +1,127 @@
+"""One image's explanation on disk: the input crop, an overlay per block, the flow GIF, a manifest.
+
+Every file is written atomically; ``manifest.json`` is written last, so its presence means the
+folder is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitflow import __version__
+from vitflow.files import write_bytes_atomic, write_json_atomic
+from vitflow.render import encode_gif, label_frame, overlay, to_uint8
+from vitflow.result import DAAMResult
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    mode: str = "sigmoid"
+    alpha: float = 0.4
+    image_weight: float = 0.8
+    cmap: str = "jet"
+    gif_duration_ms: int = 400
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _stats(one_map: torch.Tensor) -> dict:
+    flat = one_map.flatten()
+    row, col = divmod(int(flat.argmax()), one_map.shape[-1])
+    return {
+        "max": float(flat.max()),
+        "mean": float(flat.mean()),
+        "sum": float(flat.sum()),
+        "nonzero_fraction": float((flat > 0).float().mean()),
+        "argmax": [row, col],
+    }
+
+
+def _class_entry(index: int, logits: torch.Tensor, probs: torch.Tensor, names: list[str] | None) -> dict:
+    return {
+        "index": index,
+        "name": names[index] if names else f"class {index}",
+        "probability": float(probs[index]),
+        "logit": float(logits[index]),
+    }
+
+
+def describe(result: DAAMResult, names: list[str] | None = None, top: int = 5) -> dict:
+    """The manifest fields that come from the result of one image (``len(result) == 1``)."""
+    if len(result) != 1:
+        raise ValueError(f"describe takes one image's result (result[i]), got a batch of {len(result)}")
+    logits = result.logits[0].detach().double().cpu()
+    probs = logits.softmax(0)
+    target = int(result.target[0])
+    entry = _class_entry(target, logits, probs, names) if target < logits.numel() else {"index": target}
+    entry["score"] = float(result.score[0])
+    top_k = probs.topk(min(top, probs.numel())).indices.tolist()
+    return {
+        "grid": list(result.grid),
+        "prefix_tokens": result.prefix_tokens,
+        "num_blocks": result.num_blocks,
+        "target": entry,
+        "top5": [_class_entry(i, logits, probs, names) for i in top_k],
+        "blocks": [
+            {
+                "block": b + 1,
+                "map": _stats(result.maps[0, b].cpu()),
+                "block_map": _stats(result.block_maps[0, b].cpu()),
+                "prefix_relevance": result.relevance[0, b, : result.prefix_tokens].cpu().tolist(),
+            }
+            for b in range(result.num_blocks)
+        ],
+    }
+
+
+def write_bundle(
+    out_dir: str | Path,
+    image: np.ndarray,
+    result: DAAMResult,
+    metadata: dict,
+    names: list[str] | None = None,
+    options: RenderOptions = RenderOptions(),
+) -> dict:
+    """Write one image's explanation into ``out_dir``; returns the manifest.
+
+    Args:
+        out_dir: folder for this image (created).
+        image: ``(H, W, 3)`` uint8, the input exactly as the model saw it.
+        result: that image's result, ``result[i]`` of a batch.
+        metadata: extra manifest fields (model, source image, preprocessing, ...).
+    """
+    out_dir = Path(out_dir)
+    heat = to_uint8(result.maps[0], size=image.shape[:2], mode=options.mode)
+    width = max(2, math.ceil(math.log10(result.num_blocks + 1)))
+    manifest = {"vitflow_version": __version__, **metadata, **describe(result, names)}
+    label = manifest["target"].get("name", "")
+    frames, files = [], {"input": "input.png", "blocks": [], "gif": "flow.gif"}
+    write_bytes_atomic(out_dir / "input.png", _png(image))
+    for b in range(result.num_blocks):
+        frame = overlay(image, heat[b], alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap)
+        name = f"block_{b + 1:0{width}d}.png"
+        write_bytes_atomic(out_dir / name, _png(frame))
+        files["blocks"].append(name)
+        manifest["blocks"][b]["file"] = name
+        frames.append(label_frame(frame, f"block {b + 1}/{result.num_blocks}  {label}"[:60]))
+    write_bytes_atomic(out_dir / "flow.gif", encode_gif(frames, options.gif_duration_ms))
+    manifest["files"] = files
+    manifest["render"] = {
+        "mode": options.mode,
+        "alpha": options.alpha,
+        "image_weight": options.image_weight,
+        "cmap": options.cmap,
+    }
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,128 @@
+"""Building models by name and loading checkpoints without full unpickling."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class ModelLoadError(RuntimeError):
+    """A model or checkpoint could not be loaded; the message says what to do."""
+
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "ema")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file or a ``torch.save`` file (``weights_only=True``).
+
+    Common wrappers (``{"state_dict": ...}``, ``{"model": ...}``) and DataParallel's ``module.``
+    prefix are removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise ModelLoadError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+    except Exception as error:  # torch / safetensors raise many types for corrupt or unsafe files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(
+            f"checkpoint {path}: cannot be read as safetensors or a weights-only torch file ({first_line})"
+        ) from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"checkpoint {path}: does not hold a state dict of tensors")
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line error on any mismatch."""
+    result = model.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+    if problems:
+        raise ModelLoadError(
+            f"{source} does not fit {type(model).__name__}: {'; '.join(problems)} keys; "
+            "check --model names the architecture the weights were trained for"
+        )
+
+
+@contextmanager
+def _quiet_hub():
+    """Keep the hub client's retry warnings off the console; the caller reports one line."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def load_timm_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """A timm model in eval mode: weights from ``checkpoint`` when given, else pretrained.
+
+    With a checkpoint the number of classes is read from its ``head.weight`` unless given.
+    """
+    try:
+        import timm
+    except ImportError:
+        raise ModelLoadError("timm models need timm: pip install 'vitflow[timm]'") from None
+    if not timm.is_model(name.split(".")[0]) and not timm.is_model(name):
+        raise ModelLoadError(f"timm has no model named {name!r}; list them with timm.list_models('*vit*')")
+    if checkpoint is not None:
+        state = read_state_dict(checkpoint)
+        head = state.get("head.weight")
+        if head is not None and head.ndim == 2:
+            kwargs.setdefault("num_classes", head.shape[0])
+        try:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        except Exception as error:
+            raise ModelLoadError(f"cannot build timm model {name!r}: {error}") from None
+        load_state_dict_strict(model, state, f"checkpoint {checkpoint}")
+        return model.eval()
+    try:
+        with _quiet_hub():
+            model = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(
+            f"could not get pretrained weights for {name!r} ({type(error).__name__}: {reason[:160]}); "
+            "offline? download them elsewhere and pass --checkpoint FILE (.safetensors or .pth)"
+        ) from None
+    return model.eval()
+
+
+def class_names(model: nn.Module) -> list[str] | None:
+    """Human-readable class names for timm models trained on an ImageNet subset, else ``None``."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if not subset:
+            return None
+        info = ImageNetInfo(subset)
+        names = [info.index_to_description(i) for i in range(info.num_classes())]
+    except Exception:  # metadata is a nicety: any failure means "no names"
+        return None
+    return names if len(names) == getattr(model, "num_classes", None) else None
