@@ -209,3 +209,13 @@ def test_result_tensors_live_on_the_model_device_and_slice_by_image(vit, x):
     up = result.upsample((64, 64))
     assert up.shape == (3, 12, 64, 64)
     torch.testing.assert_close(up.mean(dim=(-1, -2)), result.maps.mean(dim=(-1, -2)), rtol=0.05, atol=1e-6)
+
+
+def test_one_call_explain_equals_the_context_manager_and_restores(vit, x):
+    from vitflow import explain
+
+    with DAAM(vit, rho="identity") as daam:
+        expected = daam(x, target=2)
+    result = explain(vit, x, target=2, rho="identity")
+    torch.testing.assert_close(result.maps, expected.maps)
+    assert _hook_count(vit) == 0

@@ -5,7 +5,7 @@ Decision-Making in Vision Transformer", Pattern Recognition 165 (2025) 111607.
 """
 
 from vitflow.adapters import Adapter, AttentionSite, register_adapter
-from vitflow.engine import DAAM, DecompositionError
+from vitflow.engine import DAAM, DecompositionError, explain
 from vitflow.result import DAAMResult
 from vitflow.targets import ClassTarget, Target
 
@@ -20,5 +20,6 @@ __all__ = [
     "DecompositionError",
     "Target",
     "__version__",
+    "explain",
     "register_adapter",
 ]

@@ -199,3 +199,13 @@ class DAAM:
             prefix_tokens=prefix,
             grid=grid,
         )
+
+
+def explain(model: nn.Module, x: torch.Tensor, target: object = None, **options) -> DAAMResult:
+    """One call: hook ``model``, explain the batch ``x``, restore the model.
+
+    ``options`` are :class:`DAAM`'s keyword arguments. For many batches, keep one ``DAAM`` open
+    instead (hooks are installed once).
+    """
+    with DAAM(model, **options) as daam:
+        return daam(x, target)

@@ -54,17 +54,27 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``model.load_state_dict(state)`` with a one-line error on any mismatch."""
-    result = model.load_state_dict(state, strict=False)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     problems = []
-    if result.missing_keys:
-        problems.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
-    if result.unexpected_keys:
-        problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if reshaped:
+        key = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} tensors of another shape (e.g. {key}: {tuple(state[key].shape)} in the file, "
+            f"{tuple(expected[key].shape)} in the model)"
+        )
     if problems:
         raise ModelLoadError(
-            f"{source} does not fit {type(model).__name__}: {'; '.join(problems)} keys; "
+            f"{source} does not fit {type(model).__name__}: {'; '.join(problems)}; "
             "check --model names the architecture the weights were trained for"
         )
+    model.load_state_dict(state, strict=True)
 
 
 @contextmanager

@@ -1,0 +1,144 @@
+"""`vitflow explain` end to end on a random-init timm model saved as a checkpoint."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from vitflow.cli import main
+
+MODEL = "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, pretrained=False, num_classes=7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_file(model.state_dict(), root / "weights.safetensors")
+    torch.save({"state_dict": model.state_dict()}, root / "weights.pth")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(root / "wide.jpg")
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(root / "square.png")
+    (root / "corrupt.jpg").write_bytes((root / "wide.jpg").read_bytes()[:300])  # truncated JPEG
+    (root / "notes.jpg").write_text("a text file with an image suffix")
+    return root, model.eval()
+
+
+def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
+    root, model = workspace
+    out = root / "run"
+    code = main(["explain", str(root / "wide.jpg"), str(root / "square.png"), "--model", MODEL,
+                 "--checkpoint", str(root / "weights.safetensors"), "--out", str(out), "--batch-size", "2"])
+    assert code == 0
+    for stem in ("wide", "square"):
+        folder = out / stem
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == ["block_01.png", "block_02.png", "block_03.png", "block_04.png", "block_05.png",
+                         "block_06.png", "block_07.png", "block_08.png", "block_09.png", "block_10.png",
+                         "block_11.png", "block_12.png", "flow.gif", "input.png", "manifest.json"]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["model"] == MODEL and manifest["image"].endswith(stem + (".jpg" if stem == "wide" else ".png"))
+        assert manifest["grid"] == [14, 14] and manifest["num_blocks"] == 12
+        probs = [entry["probability"] for entry in manifest["top5"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+        assert manifest["target"]["index"] == manifest["top5"][0]["index"]
+        maxima = [block["map"]["max"] for block in manifest["blocks"]]
+        assert maxima == sorted(maxima) and maxima[-1] > 0  # accumulated maps only grow
+        gif = Image.open(folder / "flow.gif")
+        assert gif.n_frames == 12 and gif.size == (224, 224)
+        first, last = np.asarray(gif.convert("RGB")), None
+        gif.seek(11)
+        last = np.asarray(gif.convert("RGB"))
+        assert np.abs(first.astype(int) - last.astype(int)).mean() > 1  # the flow changes
+        assert Image.open(folder / "block_12.png").size == (224, 224)
+    # the manifest agrees with the library on the same preprocessed input
+    from vitflow import DAAM
+    from vitflow.data import Preprocessing, load_image
+
+    pre = Preprocessing.for_timm(model)
+    with DAAM(model) as daam:
+        result = daam(pre(load_image(root / "square.png"))[None])
+    manifest = json.loads((out / "square" / "manifest.json").read_text())
+    assert manifest["target"]["index"] == int(result.target[0])
+    assert manifest["blocks"][-1]["map"]["max"] == pytest.approx(float(result.final.max()), rel=1e-5)
+    assert "wide.jpg: class" in capsys.readouterr().out
+
+
+def test_bad_images_are_reported_one_line_each_and_the_rest_processed(workspace, capsys):
+    root, _ = workspace
+    out = root / "mixed"
+    code = main(["explain", str(root / "corrupt.jpg"), str(root / "missing.png"), str(root / "notes.jpg"),
+                 str(root / "square.png"),
+                 "--model", MODEL, "--checkpoint", str(root / "weights.pth"), "--out", str(out), "--target", "2"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4
+    assert "corrupt.jpg: unreadable or corrupt image" in err[0]
+    assert "missing.png: no such file" in err[1]
+    assert "notes.jpg: not an image file" in err[2]
+    assert err[-1] == "vitflow: error: 3 of 4 images failed"
+    manifest = json.loads((out / "square" / "manifest.json").read_text())
+    assert manifest["target"]["index"] == 2
+    assert not (out / "corrupt").exists() and not list(out.rglob("*.tmp"))
+
+
+def test_model_problems_are_one_line_usage_errors(workspace, capsys):
+    root, _ = workspace
+    image = str(root / "square.png")
+    assert main(["explain", image, "--model", "no_such_vit", "--out", str(root / "x")]) == 2
+    assert "timm has no model named 'no_such_vit'" in capsys.readouterr().err
+    assert main(["explain", image, "--model", "deit_small_patch16_224", "--checkpoint",
+                 str(root / "weights.safetensors"), "--out", str(root / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit VisionTransformer" in err and len(err.strip().splitlines()) == 1
+    (root / "pickle.pth").write_bytes(b"\x80\x04\x95 not a real pickle")
+    assert main(["explain", image, "--model", MODEL, "--checkpoint", str(root / "pickle.pth"),
+                 "--out", str(root / "x")]) == 2
+    assert "cannot be read as safetensors or a weights-only torch file" in capsys.readouterr().err
+    assert main(["explain", image, "--model", MODEL, "--checkpoint", str(root / "weights.pth"),
+                 "--target", "99", "--out", str(root / "x")]) == 2
+    assert "out of range for a model with 7 classes" in capsys.readouterr().err
+
+
+def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"state_dict": Payload()}, tmp_path / "evil.pth")
+    from vitflow.loading import ModelLoadError, read_state_dict
+
+    with pytest.raises(ModelLoadError, match="weights-only"):
+        read_state_dict(tmp_path / "evil.pth")
+
+
+def test_offline_pretrained_download_fails_with_one_line_pointing_to_checkpoint(workspace, tmp_path):
+    root, _ = workspace
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitflow.cli", "explain", str(root / "square.png"), "--model", MODEL,
+         "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not get pretrained weights" in lines[0] and "--checkpoint" in lines[0]
+
+
+def test_help_documents_every_option():
+    proc = subprocess.run([sys.executable, "-m", "vitflow.cli", "explain", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0
+    for option in ("--model", "--checkpoint", "--target", "--out", "--batch-size", "--device", "--mode",
+                   "--alpha", "--image-weight", "--cmap", "--rho", "--normalize-blocks", "--gif-duration"):
+        assert option in proc.stdout
