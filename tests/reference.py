@@ -54,7 +54,11 @@ def reference_daam(model, x, target=None, rho="relu", prefix_tokens=None, grid=N
     if target is None:
         labels = logits.argmax(1)
     else:
-        labels = torch.as_tensor(target).long().expand(batch) if isinstance(target, int) else torch.as_tensor(target)
+        labels = (
+            torch.as_tensor(target).long().expand(batch)
+            if isinstance(target, int)
+            else torch.as_tensor(target)
+        )
     score = logits[torch.arange(batch), labels].sum()
     grads = torch.autograd.grad(score, zero_leaves)
 
@@ -63,7 +67,7 @@ def reference_daam(model, x, target=None, rho="relu", prefix_tokens=None, grid=N
         patch = model.patch_embed.patch_size
         grid = (x.shape[-2] // patch[0], x.shape[-1] // patch[1])
     maps, relevances, identity_error = [], [], 0.0
-    for row, v, grad, out in zip(class_rows, values, grads, outputs):
+    for row, v, grad, out in zip(class_rows, values, grads, outputs, strict=True):
         heads, head_dim = v.shape[1], v.shape[3]
         channels = heads * head_dim
         # S[b, j, c] = A^{h(c)}[0, j] * v[b, j, c], channel by channel

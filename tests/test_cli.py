@@ -37,17 +37,46 @@ def workspace(tmp_path_factory):
 def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
     root, model = workspace
     out = root / "run"
-    code = main(["explain", str(root / "wide.jpg"), str(root / "square.png"), "--model", MODEL,
-                 "--checkpoint", str(root / "weights.safetensors"), "--out", str(out), "--batch-size", "2"])
+    code = main(
+        [
+            "explain",
+            str(root / "wide.jpg"),
+            str(root / "square.png"),
+            "--model",
+            MODEL,
+            "--checkpoint",
+            str(root / "weights.safetensors"),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+        ]
+    )
     assert code == 0
     for stem in ("wide", "square"):
         folder = out / stem
         names = sorted(p.name for p in folder.iterdir())
-        assert names == ["block_01.png", "block_02.png", "block_03.png", "block_04.png", "block_05.png",
-                         "block_06.png", "block_07.png", "block_08.png", "block_09.png", "block_10.png",
-                         "block_11.png", "block_12.png", "flow.gif", "input.png", "manifest.json"]
+        assert names == [
+            "block_01.png",
+            "block_02.png",
+            "block_03.png",
+            "block_04.png",
+            "block_05.png",
+            "block_06.png",
+            "block_07.png",
+            "block_08.png",
+            "block_09.png",
+            "block_10.png",
+            "block_11.png",
+            "block_12.png",
+            "flow.gif",
+            "input.png",
+            "manifest.json",
+        ]
         manifest = json.loads((folder / "manifest.json").read_text())
-        assert manifest["model"] == MODEL and manifest["image"].endswith(stem + (".jpg" if stem == "wide" else ".png"))
+        assert manifest["model"] == MODEL and manifest["image"].endswith(
+            stem + (".jpg" if stem == "wide" else ".png")
+        )
         assert manifest["grid"] == [14, 14] and manifest["num_blocks"] == 12
         probs = [entry["probability"] for entry in manifest["top5"]]
         assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
@@ -77,9 +106,23 @@ def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
 def test_bad_images_are_reported_one_line_each_and_the_rest_processed(workspace, capsys):
     root, _ = workspace
     out = root / "mixed"
-    code = main(["explain", str(root / "corrupt.jpg"), str(root / "missing.png"), str(root / "notes.jpg"),
-                 str(root / "square.png"),
-                 "--model", MODEL, "--checkpoint", str(root / "weights.pth"), "--out", str(out), "--target", "2"])
+    code = main(
+        [
+            "explain",
+            str(root / "corrupt.jpg"),
+            str(root / "missing.png"),
+            str(root / "notes.jpg"),
+            str(root / "square.png"),
+            "--model",
+            MODEL,
+            "--checkpoint",
+            str(root / "weights.pth"),
+            "--out",
+            str(out),
+            "--target",
+            "2",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4
@@ -97,16 +140,57 @@ def test_model_problems_are_one_line_usage_errors(workspace, capsys):
     image = str(root / "square.png")
     assert main(["explain", image, "--model", "no_such_vit", "--out", str(root / "x")]) == 2
     assert "timm has no model named 'no_such_vit'" in capsys.readouterr().err
-    assert main(["explain", image, "--model", "deit_small_patch16_224", "--checkpoint",
-                 str(root / "weights.safetensors"), "--out", str(root / "x")]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                image,
+                "--model",
+                "deit_small_patch16_224",
+                "--checkpoint",
+                str(root / "weights.safetensors"),
+                "--out",
+                str(root / "x"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "does not fit VisionTransformer" in err and len(err.strip().splitlines()) == 1
     (root / "pickle.pth").write_bytes(b"\x80\x04\x95 not a real pickle")
-    assert main(["explain", image, "--model", MODEL, "--checkpoint", str(root / "pickle.pth"),
-                 "--out", str(root / "x")]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                image,
+                "--model",
+                MODEL,
+                "--checkpoint",
+                str(root / "pickle.pth"),
+                "--out",
+                str(root / "x"),
+            ]
+        )
+        == 2
+    )
     assert "cannot be read as safetensors or a weights-only torch file" in capsys.readouterr().err
-    assert main(["explain", image, "--model", MODEL, "--checkpoint", str(root / "weights.pth"),
-                 "--target", "99", "--out", str(root / "x")]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                image,
+                "--model",
+                MODEL,
+                "--checkpoint",
+                str(root / "weights.pth"),
+                "--target",
+                "99",
+                "--out",
+                str(root / "x"),
+            ]
+        )
+        == 2
+    )
     assert "out of range for a model with 7 classes" in capsys.readouterr().err
 
 
@@ -126,9 +210,21 @@ def test_offline_pretrained_download_fails_with_one_line_pointing_to_checkpoint(
     root, _ = workspace
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
-        [sys.executable, "-m", "vitflow.cli", "explain", str(root / "square.png"), "--model", MODEL,
-         "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "vitflow.cli",
+            "explain",
+            str(root / "square.png"),
+            "--model",
+            MODEL,
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -136,9 +232,26 @@ def test_offline_pretrained_download_fails_with_one_line_pointing_to_checkpoint(
 
 
 def test_help_documents_every_option():
-    proc = subprocess.run([sys.executable, "-m", "vitflow.cli", "explain", "--help"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitflow.cli", "explain", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0
-    for option in ("--model", "--checkpoint", "--target", "--out", "--batch-size", "--device", "--mode",
-                   "--alpha", "--image-weight", "--cmap", "--rho", "--normalize-blocks", "--gif-duration"):
+    for option in (
+        "--model",
+        "--checkpoint",
+        "--target",
+        "--out",
+        "--batch-size",
+        "--device",
+        "--mode",
+        "--alpha",
+        "--image-weight",
+        "--cmap",
+        "--rho",
+        "--normalize-blocks",
+        "--gif-duration",
+    ):
         assert option in proc.stdout

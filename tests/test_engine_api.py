@@ -125,7 +125,10 @@ def test_a_capture_that_misses_part_of_the_attention_raises_naming_model_and_blo
     new = BiasedAttention(192, num_heads=3, qkv_bias=True)
     new.load_state_dict(old.state_dict())
     model.blocks[3].attn = new
-    with DAAM(model) as daam, pytest.raises(DecompositionError, match="VisionTransformer: block 3: .*do not sum"):
+    with (
+        DAAM(model) as daam,
+        pytest.raises(DecompositionError, match="VisionTransformer: block 3: .*do not sum"),
+    ):
         daam(x)
 
 
@@ -140,7 +143,11 @@ def test_unsupported_attention_module_is_named():
 def _snapshot(model, x):
     with torch.no_grad():
         out = model(x)
-    return {k: v.clone() for k, v in model.state_dict().items()}, out, [p.requires_grad for p in model.parameters()]
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        out,
+        [p.requires_grad for p in model.parameters()],
+    )
 
 
 def _hook_count(model):

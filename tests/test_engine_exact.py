@@ -115,5 +115,7 @@ def test_normalize_blocks_min_max_normalises_each_block_before_summing():
     with DAAM(model, normalize_blocks=True) as daam:
         result = daam(x)
     flat = result.block_maps.flatten(-2)
-    expected = (flat - flat.amin(-1, keepdim=True)) / (flat.amax(-1, keepdim=True) - flat.amin(-1, keepdim=True))
+    expected = (flat - flat.amin(-1, keepdim=True)) / (
+        flat.amax(-1, keepdim=True) - flat.amin(-1, keepdim=True)
+    )
     torch.testing.assert_close(result.maps, expected.reshape(result.maps.shape).cumsum(1))

@@ -14,7 +14,8 @@ FLOW = np.array([[[0.0, 1.0, 2.0]], [[0.0, 2.0, 4.0]]])
 def test_sigmoid_mode_matches_hand_computation():
     # g = 4; X1 = [0, .25, .5], X2 = [0, .5, 1]; Z = sigmoid(5X) - .5:
     # Z1 = [0, .2772999, .4241418], Z2 = [0, .4241418, .4933071]
-    # block 1: 255 * [0, .2773/.42414, 1] = [0, 166.72, 255]; block 2: 255 * [0, .42414/.49331, 1] = [0, 219.25, 255]
+    # block 1: 255 * [0, .2773/.42414, 1] = [0, 166.72, 255]
+    # block 2: 255 * [0, .42414/.49331, 1] = [0, 219.25, 255]
     out = to_uint8(FLOW, mode="sigmoid")
     assert out.dtype == np.uint8 and out.shape == (2, 1, 3)
     assert out.tolist() == [[[0, 166, 255]], [[0, 219, 255]]]
@@ -57,7 +58,6 @@ def test_bad_inputs_are_named():
 
 
 def test_builtin_jet_equals_matplotlib_jet():
-    pytest.importorskip("matplotlib", reason="the comparison needs matplotlib; the fallback is for installs without it")
     np.testing.assert_allclose(_builtin_jet(), colormap_lut("jet"), atol=1e-12)
     assert apply_colormap(np.array([[0, 255]], np.uint8)).tolist() == [[[0, 0, 128], [128, 0, 0]]]
 

@@ -109,7 +109,9 @@ def write_bundle(
     frames, files = [], {"input": "input.png", "blocks": [], "gif": "flow.gif"}
     write_bytes_atomic(out_dir / "input.png", _png(image))
     for b in range(result.num_blocks):
-        frame = overlay(image, heat[b], alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap)
+        frame = overlay(
+            image, heat[b], alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap
+        )
         name = f"block_{b + 1:0{width}d}.png"
         write_bytes_atomic(out_dir / name, _png(frame))
         files["blocks"].append(name)

@@ -23,7 +23,8 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitflow",
-        description="Dynamic Accumulated Attention Maps: how a Vision Transformer reaches its decision, block by block.",
+        description="Dynamic Accumulated Attention Maps: how a Vision Transformer reaches its decision, "
+        "block by block.",
     )
     parser.add_argument("--version", action="version", version=f"vitflow {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -34,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Explain each IMAGE with DAAM. For every image, OUT/<image name>/ receives input.png (the crop "
             "the model saw), block_NN.png (the accumulated map after block NN over the image), flow.gif "
-            "(the attention flow, block number on each frame) and manifest.json (model, image, top-5 classes, "
-            "target, per-block map statistics). Files are written atomically; manifest.json comes last."
+            "(the attention flow, block number on each frame) and manifest.json (model, image, top-5 "
+            "classes, target, per-block map statistics). Files are written atomically; manifest.json "
+            "comes last."
         ),
     )
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
@@ -52,13 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="class index to explain for every image (default: each image's predicted class)",
     )
     explain.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    explain.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
-    explain.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     explain.add_argument(
-        "--mode", choices=MODES, default="sigmoid", help="display normalisation (method.md section 6; default sigmoid)"
+        "--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)"
+    )
+    explain.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)"
+    )
+    explain.add_argument(
+        "--mode",
+        choices=MODES,
+        default="sigmoid",
+        help="display normalisation (method.md section 6; default sigmoid)",
     )
     explain.add_argument("--alpha", type=float, default=0.4, help="heatmap weight in overlays (default 0.4)")
-    explain.add_argument("--image-weight", type=float, default=0.8, help="image weight in overlays (default 0.8)")
+    explain.add_argument(
+        "--image-weight", type=float, default=0.8, help="image weight in overlays (default 0.8)"
+    )
     explain.add_argument("--cmap", default="jet", help="colormap name (default jet; others need matplotlib)")
     explain.add_argument(
         "--rho",
@@ -67,9 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="transform of the channel coefficients (default relu, as the published supervised code)",
     )
     explain.add_argument(
-        "--normalize-blocks", action="store_true", help="min-max normalise each block's map before accumulating"
+        "--normalize-blocks",
+        action="store_true",
+        help="min-max normalise each block's map before accumulating",
     )
-    explain.add_argument("--gif-duration", type=_positive_int, default=400, metavar="MS", help="ms per GIF frame")
+    explain.add_argument(
+        "--gif-duration", type=_positive_int, default=400, metavar="MS", help="ms per GIF frame"
+    )
     explain.set_defaults(handler=_explain)
     return parser
 

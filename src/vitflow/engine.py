@@ -66,7 +66,9 @@ class DAAM:
         self._model_name = type(model).__name__
         sites = self.adapter.sites()
         if not sites:
-            raise ValueError(f"{self._model_name}: the {self.adapter.family} adapter found no attention blocks")
+            raise ValueError(
+                f"{self._model_name}: the {self.adapter.family} adapter found no attention blocks"
+            )
         self._records = [BlockRecord(index=i, scale=site.scale) for i, site in enumerate(sites)]
         self._handles = []
         try:
@@ -111,9 +113,13 @@ class DAAM:
             raise RuntimeError("this DAAM is closed; create a new one (DAAM(model)) to explain more images")
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be a (B, C, H, W) tensor, got {shape}; add a batch dimension with x[None]")
+            raise ValueError(
+                f"x must be a (B, C, H, W) tensor, got {shape}; add a batch dimension with x[None]"
+            )
         if torch.is_inference_mode_enabled():
-            raise RuntimeError("DAAM needs autograd for one backward pass; call it outside torch.inference_mode()")
+            raise RuntimeError(
+                "DAAM needs autograd for one backward pass; call it outside torch.inference_mode()"
+            )
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         try:

@@ -35,7 +35,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:
-        raise ModelLoadError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+        raise ModelLoadError(
+            "reading .safetensors needs the safetensors package: pip install safetensors"
+        ) from None
     except Exception as error:  # torch / safetensors raise many types for corrupt or unsafe files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(

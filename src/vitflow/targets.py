@@ -34,10 +34,12 @@ class ClassTarget:
 
     def __init__(self, classes: int | Sequence[int] | torch.Tensor | None = None) -> None:
         if isinstance(classes, bool | str | bytes) or (
-            classes is not None and not isinstance(classes, int | np.integer | Sequence | np.ndarray | torch.Tensor)
+            classes is not None
+            and not isinstance(classes, int | np.integer | Sequence | np.ndarray | torch.Tensor)
         ):
             raise TypeError(
-                f"target must be None, an int, a sequence of ints or a 1-D tensor, got {type(classes).__name__}"
+                "target must be None, an int, a sequence of ints or a 1-D tensor, "
+                f"got {type(classes).__name__}"
             )
         self.classes = classes
 

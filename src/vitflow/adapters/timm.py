@@ -95,9 +95,7 @@ class TimmAdapter(Adapter):
             )
 
     def sites(self) -> Sequence[AttentionSite]:
-        return [
-            TimmAttentionSite(block.attn, i, self._name) for i, block in enumerate(self.model.blocks)
-        ]
+        return [TimmAttentionSite(block.attn, i, self._name) for i, block in enumerate(self.model.blocks)]
 
     def prefix_tokens(self) -> int:
         return int(getattr(self.model, "num_prefix_tokens", 1))

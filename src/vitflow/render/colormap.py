@@ -14,7 +14,9 @@ _JET_SEGMENTS = {
 
 def _builtin_jet() -> np.ndarray:
     levels = np.linspace(0.0, 1.0, 256)
-    channels = [np.interp(levels, *zip(*_JET_SEGMENTS[name], strict=True)) for name in ("red", "green", "blue")]
+    channels = [
+        np.interp(levels, *zip(*_JET_SEGMENTS[name], strict=True)) for name in ("red", "green", "blue")
+    ]
     return np.stack(channels, axis=1)
 
 
@@ -31,7 +33,9 @@ def colormap_lut(name: str = "jet") -> np.ndarray:
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError:
-        raise ValueError(f"unknown colormap {name!r}; use a matplotlib name such as 'jet', 'inferno', 'viridis'") from None
+        raise ValueError(
+            f"unknown colormap {name!r}; use a matplotlib name such as 'jet', 'inferno', 'viridis'"
+        ) from None
     return np.asarray(cmap(np.linspace(0.0, 1.0, 256)))[:, :3]
 
 
