@@ -135,6 +135,7 @@ def test_bad_images_are_reported_one_line_each_and_the_rest_processed(workspace,
     assert not (out / "corrupt").exists() and not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_model_problems_are_one_line_usage_errors(workspace, capsys):
     root, _ = workspace
     image = str(root / "square.png")
