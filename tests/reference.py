@@ -22,7 +22,10 @@ class Reference:
     identity_error: float  # max |sum_j S[j] - O[0]| over blocks
 
 
-def reference_daam(model, x, target=None, rho="relu", prefix_tokens=None, grid=None) -> Reference:
+def reference_daam(
+    model, x, target=None, rho="relu", prefix_tokens=None, grid=None, score_fn=None
+) -> Reference:
+    """``score_fn(output) -> (B,)`` replaces the class logit (feature targets); ``target`` is then unused."""
     model = copy.deepcopy(model).double()
     x = x.double()
     batch = x.shape[0]

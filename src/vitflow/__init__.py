@@ -7,7 +7,14 @@ Decision-Making in Vision Transformer", Pattern Recognition 165 (2025) 111607.
 from vitflow.adapters import Adapter, AttentionSite, register_adapter
 from vitflow.engine import DAAM, DecompositionError, explain
 from vitflow.result import DAAMResult
-from vitflow.targets import ClassTarget, Target
+from vitflow.targets import (
+    ClassTarget,
+    FeatureWeightTarget,
+    KNNTarget,
+    MemoryBank,
+    ReferenceTarget,
+    Target,
+)
 
 __version__ = "0.1.0"
 
@@ -18,6 +25,10 @@ __all__ = [
     "ClassTarget",
     "DAAMResult",
     "DecompositionError",
+    "FeatureWeightTarget",
+    "KNNTarget",
+    "MemoryBank",
+    "ReferenceTarget",
     "Target",
     "__version__",
     "explain",

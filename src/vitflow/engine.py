@@ -14,7 +14,7 @@ from torch import nn
 from vitflow.adapters import Adapter, BlockRecord, GridSpec, resolve_adapter
 from vitflow.core.daam import Rho, accumulate, block_map, class_token_output, token_relevance
 from vitflow.result import DAAMResult
-from vitflow.targets import as_target
+from vitflow.targets import TargetScores, as_target
 
 # Largest relative error allowed between the model's [class] attention output and the sum of the
 # token contributions vitflow rebuilt from the captured q, k, v. A wrong capture is off by O(1).
@@ -104,7 +104,8 @@ class DAAM:
         Args:
             x: ``(B, 3, H, W)`` preprocessed images on the model's device.
             target: ``None`` (predicted class), an int (same class for all), a sequence or 1-D
-                tensor of ``B`` classes, or a :class:`~vitflow.targets.Target` object.
+                tensor of ``B`` classes, or a :class:`~vitflow.targets.Target` object such as
+                :class:`~vitflow.targets.KNNTarget` for backbones without a classifier.
 
         Returns:
             :class:`~vitflow.result.DAAMResult` with tensors on the model's device.
@@ -121,6 +122,9 @@ class DAAM:
                 "DAAM needs autograd for one backward pass; call it outside torch.inference_mode()"
             )
 
+        explained = as_target(target, self.adapter.num_classes(), self._model_name)
+        if hasattr(explained, "check_model"):
+            explained.check_model(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         try:
             for p in params:  # no weight gradients: the graph starts at the first attention output
@@ -130,13 +134,12 @@ class DAAM:
             with torch.enable_grad():
                 output = self.model(x)
                 logits = self.adapter.logits(output)
-                explained = as_target(target, self.adapter.num_classes(), self._model_name)
-                scores, labels = explained(logits)
+                scored = explained(logits)
                 self._check_records(x.shape[0])
                 origin = self._records[0].output
-                torch.autograd.grad(scores.sum(), [origin])
+                torch.autograd.grad(scored.scores.sum(), [origin])
             rho = self.rho or explained.rho
-            return self._result(x, logits, scores, labels, rho)
+            return self._result(x, logits, scored, rho)
         finally:
             for p in params:
                 p.requires_grad_(True)
@@ -175,9 +178,7 @@ class DAAM:
                     "(README, 'Custom ViTs') or report the model"
                 )
 
-    def _result(
-        self, x: torch.Tensor, logits: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, rho: Rho
-    ) -> DAAMResult:
+    def _result(self, x: torch.Tensor, logits: torch.Tensor, scored: TargetScores, rho: Rho) -> DAAMResult:
         prefix = self.adapter.prefix_tokens()
         grid = self.adapter.grid((x.shape[-2], x.shape[-1]))
         relevance = []
@@ -200,10 +201,12 @@ class DAAM:
             maps=maps,
             relevance=relevance,
             logits=logits.detach(),
-            target=labels.detach(),
-            score=scores.detach(),
+            target=scored.labels.detach(),
+            score=scored.scores.detach(),
             prefix_tokens=prefix,
             grid=grid,
+            feature_weights=None if scored.weights is None else scored.weights.detach(),
+            probabilities=None if scored.probabilities is None else scored.probabilities.detach(),
         )
 
 

@@ -94,7 +94,8 @@ def _quiet_hub():
 def load_timm_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs) -> nn.Module:
     """A timm model in eval mode: weights from ``checkpoint`` when given, else pretrained.
 
-    With a checkpoint the number of classes is read from its ``head.weight`` unless given.
+    With a checkpoint the number of classes is read from its ``head.weight`` unless given;
+    ``num_classes=0`` makes a backbone and ignores the checkpoint's classifier.
     """
     try:
         import timm
@@ -105,7 +106,9 @@ def load_timm_model(name: str, checkpoint: str | os.PathLike | None = None, **kw
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
         head = state.get("head.weight")
-        if head is not None and head.ndim == 2:
+        if kwargs.get("num_classes") == 0:  # a backbone from a classifier's checkpoint
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        elif head is not None and head.ndim == 2:
             kwargs.setdefault("num_classes", head.shape[0])
         try:
             model = timm.create_model(name, pretrained=False, **kwargs)

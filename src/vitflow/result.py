@@ -22,6 +22,10 @@ class DAAMResult:
         score: ``(B,)`` the explained score ``Y`` per image.
         prefix_tokens: tokens before the patch grid.
         grid: ``(h, w)``.
+        feature_weights: ``(B, D)`` the dimension-wise weights ``w`` of a feature target
+            (self-supervised mode, method.md section 5), else ``None``.
+        probabilities: ``(B, C)`` class probabilities defined by the target (normalised k-NN votes),
+            else ``None`` (use ``logits.softmax(1)`` for a classifier).
     """
 
     block_maps: torch.Tensor
@@ -32,6 +36,8 @@ class DAAMResult:
     score: torch.Tensor
     prefix_tokens: int
     grid: tuple[int, int]
+    feature_weights: torch.Tensor | None = None
+    probabilities: torch.Tensor | None = None
 
     @property
     def final(self) -> torch.Tensor:

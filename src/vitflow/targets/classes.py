@@ -1,30 +1,14 @@
-"""What to explain: the score ``Y`` whose gradient weights the channels (method.md section 2).
-
-A target is any object with ``__call__(output) -> (scores (B,), labels (B,))`` and a default
-coefficient transform ``rho``. ``DAAM`` turns the user's ``target=`` argument into one with
-:func:`as_target`, following captum's convention: ``None`` explains the predicted class, an int
-broadcasts to the batch, a sequence or 1-D tensor gives one class per image.
-"""
+"""Class targets: the pre-softmax logit of one class per image (method.md section 2)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from vitflow.core.daam import Rho
-
-
-@runtime_checkable
-class Target(Protocol):
-    rho: Rho
-
-    def __call__(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``output``: ``(B, K)`` model output. Returns ``(scores (B,), labels (B,))``; the
-        gradient of ``scores.sum()`` gives each image's channel coefficients."""
-        ...
+from vitflow.targets.base import TargetScores
 
 
 class ClassTarget:
@@ -76,19 +60,6 @@ class ClassTarget:
             )
         return labels
 
-    def __call__(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, output: torch.Tensor) -> TargetScores:
         labels = self.labels(output)
-        return output.gather(1, labels[:, None]).squeeze(1), labels
-
-
-def as_target(target: object, num_classes: int | None, model_name: str) -> Target:
-    """Turn ``DAAM.__call__``'s ``target`` argument into a :class:`Target`."""
-    if isinstance(target, Target):
-        return target
-    if num_classes == 0:
-        raise ValueError(
-            f"{model_name} has no classifier head (num_classes=0), so there is no class to explain; "
-            "use the self-supervised mode (a feature target such as a memory-bank k-NN target) or "
-            "create the model with a classifier"
-        )
-    return ClassTarget(target)
+        return TargetScores(output.gather(1, labels[:, None]).squeeze(1), labels)

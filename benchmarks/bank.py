@@ -1,0 +1,105 @@
+"""Memory-bank throughput: building (images/s) and k-NN weights at ImageNet scale (queries/s).
+
+    python benchmarks/bank.py                      # 1.28M x 768 float16 bank, batch 8 queries
+    python benchmarks/bank.py --entries 200000     # smaller
+
+Build: the demo ViT's backbone on procedural scenes written to a temporary folder (files read,
+decoded and preprocessed as a user's dataset would be). Query: a random unit-norm bank of
+``entries x dim`` in float16; the k-NN weights (top-20 search in chunks, votes, ``w``) for a batch
+of queries, timed over repeats, with the peak resident-memory growth during the queries and the
+bank's own size for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import threading
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vitflow.cli import main as cli
+from vitflow.data.folders import list_image_folder
+from vitflow.demo import load_demo_model
+from vitflow.targets import KNNTarget, MemoryBank
+from vitflow.targets.bank_build import build_bank
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def random_bank(entries: int, dim: int, classes: int = 1000) -> MemoryBank:
+    gen = torch.Generator().manual_seed(0)
+    features = torch.empty(entries, dim, dtype=torch.float16)
+    for start in range(0, entries, 65536):  # build in pieces: never a float32 copy of the whole bank
+        block = torch.randn(min(65536, entries - start), dim, generator=gen)
+        features[start : start + len(block)] = F.normalize(block, dim=1).half()
+    labels = torch.arange(entries) % classes
+    return MemoryBank(features, labels, [f"class {i}" for i in range(classes)], {"model": "random"})
+
+
+def bench_build(images: int, batch: int) -> float:
+    model, preprocessing = load_demo_model()
+    model.reset_classifier(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        cli(["scenes", "--out", f"{tmp}/scenes", "--n", str(images), "--seed", "5"])
+        listed = list_image_folder(f"{tmp}/scenes")
+        start = time.perf_counter()
+        build_bank(model, preprocessing, listed, f"{tmp}/b.bank", batch_size=batch, progress=False)
+        return images / (time.perf_counter() - start)
+
+
+def bench_query(bank: MemoryBank, batch: int, repeats: int, chunk: int) -> tuple[float, int]:
+    target = KNNTarget(bank, k=20, temperature=0.07, chunk_size=chunk)
+    queries = torch.randn(batch, bank.dim)
+    target(queries)  # warm-up
+    before, samples, done = rss(), [], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            samples.append(rss())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        target(queries)
+        times.append(time.perf_counter() - start)
+    done.set()
+    sampler.join()
+    return statistics.median(times), max(samples + [rss()]) - before
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entries", type=int, default=1_281_167)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--chunk", type=int, default=65536)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--build-images", type=int, default=512)
+    args = parser.parse_args()
+
+    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    rate = bench_build(args.build_images, batch=64)
+    print(f"build: demo ViT backbone (96 px), {args.build_images} scene files: {rate:.1f} images/s")
+    bank = random_bank(args.entries, args.dim)
+    size = bank.features.numel() * bank.features.element_size()
+    seconds, peak = bench_query(bank, args.batch, args.repeats, args.chunk)
+    print(f"query: bank {args.entries} x {args.dim} float16 ({size / 2**30:.2f} GiB), batch {args.batch}, "
+          f"chunk {args.chunk}: {seconds:.3f} s per batch = {args.batch / seconds:.1f} queries/s; "
+          f"peak memory during queries +{peak / 2**20:.0f} MiB")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""What to explain: class logits, feature weights, and k-NN over a memory bank."""
+
+from vitflow.targets.bank import BankError, MemoryBank, model_identity
+from vitflow.targets.base import Target, TargetScores, as_target
+from vitflow.targets.classes import ClassTarget
+from vitflow.targets.features import FeatureWeightTarget, ReferenceTarget
+from vitflow.targets.knn import KNNTarget
+
+__all__ = [
+    "BankError",
+    "ClassTarget",
+    "FeatureWeightTarget",
+    "KNNTarget",
+    "MemoryBank",
+    "ReferenceTarget",
+    "Target",
+    "TargetScores",
+    "as_target",
+    "model_identity",
+]

@@ -1,0 +1,55 @@
+"""What to explain: the score ``Y`` whose gradient weights the channels (method.md sections 2, 5).
+
+A target is any object with ``__call__(output) -> TargetScores`` and a default coefficient
+transform ``rho``. ``DAAM`` turns the user's ``target=`` argument into one with
+:func:`as_target`, following captum's convention: ``None`` explains the predicted class, an int
+broadcasts to the batch, a sequence or 1-D tensor gives one class per image; any object with
+the protocol (e.g. :class:`~vitflow.targets.knn.KNNTarget`) is used as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from vitflow.core.daam import Rho
+
+
+@dataclass(frozen=True)
+class TargetScores:
+    """``scores`` ``(B,)``: the explained ``Y`` per image (its gradient gives the coefficients);
+    ``labels`` ``(B,)``: the explained class, ``-1`` where there is none; ``weights`` ``(B, D)``:
+    the dimension-wise feature weights ``w`` for feature targets, else ``None``;
+    ``probabilities`` ``(B, C)``: class probabilities when the target defines its own (k-NN votes),
+    else ``None`` (a classifier's softmax)."""
+
+    scores: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor | None = None
+    probabilities: torch.Tensor | None = None
+
+
+@runtime_checkable
+class Target(Protocol):
+    rho: Rho
+
+    def __call__(self, output: torch.Tensor) -> TargetScores:
+        """``output``: ``(B, K)`` model output (logits, or features for a headless backbone)."""
+        ...
+
+
+def as_target(target: object, num_classes: int | None, model_name: str) -> Target:
+    """Turn ``DAAM.__call__``'s ``target`` argument into a :class:`Target`."""
+    from vitflow.targets.classes import ClassTarget
+
+    if isinstance(target, Target):
+        return target
+    if num_classes == 0:
+        raise ValueError(
+            f"{model_name} has no classifier head (num_classes=0), so there is no class to explain; "
+            "use the self-supervised mode, target=KNNTarget(MemoryBank.load(...)) (or a "
+            "FeatureWeightTarget), or create the model with a classifier"
+        )
+    return ClassTarget(target)
