@@ -48,23 +48,34 @@ def _stats(one_map: torch.Tensor) -> dict:
     }
 
 
-def _class_entry(index: int, logits: torch.Tensor, probs: torch.Tensor, names: list[str] | None) -> dict:
-    return {
+def _class_entry(
+    index: int, probs: torch.Tensor, logits: torch.Tensor | None, names: list[str] | None
+) -> dict:
+    entry = {
         "index": index,
-        "name": names[index] if names else f"class {index}",
+        "name": names[index] if names and 0 <= index < len(names) else f"class {index}",
         "probability": float(probs[index]),
-        "logit": float(logits[index]),
     }
+    if logits is not None:
+        entry["logit"] = float(logits[index])
+    return entry
 
 
 def describe(result: DAAMResult, names: list[str] | None = None, top: int = 5) -> dict:
-    """The manifest fields that come from the result of one image (``len(result) == 1``)."""
+    """The manifest fields that come from the result of one image (``len(result) == 1``).
+
+    Class probabilities are the target's own (k-NN votes) when it defines them, else the softmax
+    of the classifier's logits.
+    """
     if len(result) != 1:
         raise ValueError(f"describe takes one image's result (result[i]), got a batch of {len(result)}")
-    logits = result.logits[0].detach().double().cpu()
-    probs = logits.softmax(0)
+    if result.probabilities is not None:
+        probs, logits = result.probabilities[0].detach().double().cpu(), None
+    else:
+        logits = result.logits[0].detach().double().cpu()
+        probs = logits.softmax(0)
     target = int(result.target[0])
-    entry = _class_entry(target, logits, probs, names) if target < logits.numel() else {"index": target}
+    entry = _class_entry(target, probs, logits, names) if 0 <= target < probs.numel() else {"index": target}
     entry["score"] = float(result.score[0])
     top_k = probs.topk(min(top, probs.numel())).indices.tolist()
     return {
@@ -72,7 +83,7 @@ def describe(result: DAAMResult, names: list[str] | None = None, top: int = 5) -
         "prefix_tokens": result.prefix_tokens,
         "num_blocks": result.num_blocks,
         "target": entry,
-        "top5": [_class_entry(i, logits, probs, names) for i in top_k],
+        "top5": [_class_entry(i, probs, logits, names) for i in top_k],
         "blocks": [
             {
                 "block": b + 1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from vitflow import __version__
@@ -20,6 +21,49 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_render_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that writes explanations."""
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="sigmoid",
+        help="display normalisation (method.md section 6; default sigmoid)",
+    )
+    parser.add_argument("--alpha", type=float, default=0.4, help="heatmap weight in overlays (default 0.4)")
+    parser.add_argument(
+        "--image-weight", type=float, default=0.8, help="image weight in overlays (default 0.8)"
+    )
+    parser.add_argument("--cmap", default="jet", help="colormap name (default jet; others need matplotlib)")
+    parser.add_argument(
+        "--rho",
+        choices=("relu", "identity"),
+        help="transform of the channel coefficients (default: relu for classes, identity with --bank, "
+        "as the published supervised and self-supervised code)",
+    )
+    parser.add_argument(
+        "--normalize-blocks",
+        action="store_true",
+        help="min-max normalise each block's map before accumulating",
+    )
+    parser.add_argument(
+        "--gif-duration", type=_positive_int, default=400, metavar="MS", help="ms per GIF frame"
+    )
+
+
+_BUNDLE_FILES = (
+    "OUT/<image name>/ receives input.png (the crop the model saw), block_NN.png (the accumulated map "
+    "after block NN over the image), flow.gif (the attention flow, block number on each frame) and "
+    "manifest.json (model, image, top-5 classes, target, per-block map statistics). Files are written "
+    "atomically; manifest.json comes last."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitflow",
@@ -31,17 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser(
         "explain",
-        help="explain images with a timm ViT and write overlays, a GIF of the attention flow and a manifest",
-        description=(
-            "Explain each IMAGE with DAAM. For every image, OUT/<image name>/ receives input.png (the crop "
-            "the model saw), block_NN.png (the accumulated map after block NN over the image), flow.gif "
-            "(the attention flow, block number on each frame) and manifest.json (model, image, top-5 "
-            "classes, target, per-block map statistics). Files are written atomically; manifest.json "
-            "comes last."
-        ),
+        help="explain images with a ViT and write overlays, a GIF of the attention flow and a manifest",
+        description=f"Explain each IMAGE with DAAM. For every image, {_BUNDLE_FILES}",
     )
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
-    explain.add_argument("--model", required=True, help="timm model name, e.g. deit_small_patch16_224")
+    explain.add_argument(
+        "--model",
+        help="timm model name, e.g. deit_small_patch16_224 (default: the bundled demo ViT, trained on "
+        "vitflow's synthetic scenes only)",
+    )
     explain.add_argument(
         "--checkpoint",
         metavar="FILE",
@@ -53,39 +95,86 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="class index to explain for every image (default: each image's predicted class)",
     )
+    explain.add_argument(
+        "--bank",
+        metavar="FILE",
+        help="memory bank (vitflow bank build) for a backbone without classifier: explain its weighted "
+        "k-NN decision (method.md section 5); the model is built with num_classes=0",
+    )
+    explain.add_argument(
+        "--k", type=_positive_int, default=20, help="k-NN neighbours with --bank (default 20)"
+    )
+    explain.add_argument(
+        "--temperature", type=float, default=0.07, help="k-NN vote temperature with --bank (default 0.07)"
+    )
     explain.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    explain.add_argument(
-        "--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)"
-    )
-    explain.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)"
-    )
-    explain.add_argument(
-        "--mode",
-        choices=MODES,
-        default="sigmoid",
-        help="display normalisation (method.md section 6; default sigmoid)",
-    )
-    explain.add_argument("--alpha", type=float, default=0.4, help="heatmap weight in overlays (default 0.4)")
-    explain.add_argument(
-        "--image-weight", type=float, default=0.8, help="image weight in overlays (default 0.8)"
-    )
-    explain.add_argument("--cmap", default="jet", help="colormap name (default jet; others need matplotlib)")
-    explain.add_argument(
-        "--rho",
-        choices=("relu", "identity"),
-        default="relu",
-        help="transform of the channel coefficients (default relu, as the published supervised code)",
-    )
-    explain.add_argument(
-        "--normalize-blocks",
-        action="store_true",
-        help="min-max normalise each block's map before accumulating",
-    )
-    explain.add_argument(
-        "--gif-duration", type=_positive_int, default=400, metavar="MS", help="ms per GIF frame"
-    )
+    _add_render_options(explain)
     explain.set_defaults(handler=_explain)
+
+    demo = commands.add_parser(
+        "demo",
+        help="explain a few synthetic scenes with the bundled demo ViT (no download needed)",
+        description=f"Render a few ground-truth scenes into OUT/scenes/ and explain them with the bundled "
+        f"demo ViT. For every scene, {_BUNDLE_FILES}",
+    )
+    demo.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    demo.add_argument("--n", type=_positive_int, default=4, help="number of scenes (default 4)")
+    demo.add_argument("--seed", type=int, default=7, help="scene stream seed (default 7)")
+    _add_render_options(demo)
+    demo.set_defaults(handler=_demo, target=None, bank=None)
+
+    scenes = commands.add_parser(
+        "scenes",
+        help="write procedural ground-truth scenes (ImageFolder layout, masks, boxes.json)",
+        description="Write N procedural scenes: OUT/<class>/scene_NNNNNN.png, OUT/masks/scene_NNNNNN_K.png "
+        "(255 inside object K) and OUT/boxes.json (classes, labels, boxes, mask files). Each scene is "
+        "determined by (seed, index).",
+    )
+    scenes.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    scenes.add_argument("--n", type=_positive_int, required=True, help="number of scenes")
+    scenes.add_argument("--seed", type=int, default=0, help="stream seed (default 0)")
+    scenes.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    scenes.add_argument(
+        "--objects",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="objects per scene, of different classes (default 1)",
+    )
+    scenes.set_defaults(handler=_scenes)
+
+    bank = commands.add_parser("bank", help="build or inspect memory banks for self-supervised ViTs")
+    bank_commands = bank.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
+    build = bank_commands.add_parser(
+        "build",
+        help="compute a labelled memory bank of L2-normalised features",
+        description="Compute the L2-normalised features of labelled images with a backbone (num_classes=0) "
+        "and store them with their labels as a memory bank (safetensors + JSON metadata). Interrupted "
+        "builds resume from OUT.parts/ without recomputing finished chunks.",
+    )
+    build.add_argument("--model", help="timm model name (default: the bundled demo ViT's backbone)")
+    build.add_argument(
+        "--checkpoint", metavar="FILE", help="weights for --model (default: download pretrained)"
+    )
+    build.add_argument(
+        "--data",
+        required=True,
+        help="folder with one sub-folder of images per class, or a list file of 'IMAGE_PATH CLASS' lines",
+    )
+    build.add_argument("--out", required=True, metavar="FILE", help="bank file to write")
+    build.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)"
+    )
+    build.add_argument(
+        "--chunk", type=_positive_int, default=4096, help="images per resumable chunk (default 4096)"
+    )
+    build.add_argument("--half", action="store_true", help="store features in float16")
+    build.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(handler=_bank_build)
+    info = bank_commands.add_parser("info", help="print a memory bank's size, classes and metadata")
+    info.add_argument("bank", metavar="FILE")
+    info.set_defaults(handler=_bank_info)
     return parser
 
 
@@ -118,60 +207,94 @@ def _output_dirs(images: Sequence[str], out: Path) -> list[Path]:
     return dirs
 
 
-def _explain(args: argparse.Namespace) -> int:
+@dataclass
+class _Loaded:
+    model: object
+    preprocessing: object
+    names: list[str] | None
+    label: str
+
+
+def _load(args: argparse.Namespace, headless: bool = False) -> _Loaded:
+    """The model the arguments name (the demo ViT without --model); ``headless`` drops its classifier."""
+    from vitflow.data import Preprocessing
+    from vitflow.loading import class_names, load_timm_model
+
+    if args.model is None:
+        from vitflow.data.scenes import CLASS_NAMES
+        from vitflow.demo import NAME, load_demo_model
+
+        model, preprocessing = load_demo_model()
+        if headless:
+            model.reset_classifier(0)
+        return _Loaded(model, preprocessing, list(CLASS_NAMES), NAME)
+    model = load_timm_model(args.model, args.checkpoint, **({"num_classes": 0} if headless else {}))
+    return _Loaded(model, Preprocessing.for_timm(model), None if headless else class_names(model), args.model)
+
+
+def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
+    """Explain image files into ``args.out``; report each failure on one line and carry on."""
     import torch
 
     from vitflow.bundle import RenderOptions, write_bundle
-    from vitflow.data import ImageLoadError, Preprocessing, load_image
+    from vitflow.data import ImageLoadError, load_image
     from vitflow.engine import DAAM
-    from vitflow.loading import ModelLoadError, class_names, load_timm_model
+    from vitflow.loading import ModelLoadError
     from vitflow.render import colormap_lut
 
     try:
         device = _device(args.device)
         colormap_lut(args.cmap)  # fail on a bad colormap before any work
-        model = load_timm_model(args.model, args.checkpoint).to(device)
+        loaded = _load(args, headless=args.bank is not None)
+        model = loaded.model.to(device)
+        target = args.target
+        if args.bank is not None:
+            from vitflow.targets import KNNTarget, MemoryBank
+
+            bank = MemoryBank.load(args.bank)
+            bank.check_model(model)
+            target = KNNTarget(bank, k=args.k, temperature=args.temperature)
+            loaded.names = bank.class_names
         daam = DAAM(model, rho=args.rho, normalize_blocks=args.normalize_blocks)
     except (ModelLoadError, ValueError, TypeError, NotImplementedError) as error:
         _error(str(error))
         return EXIT_USAGE
 
-    preprocessing = Preprocessing.for_timm(model)
-    names = class_names(model)
+    preprocessing = loaded.preprocessing
     options = RenderOptions(args.mode, args.alpha, args.image_weight, args.cmap, args.gif_duration)
-    out = Path(args.out)
-    jobs = list(zip(args.images, _output_dirs(args.images, out), strict=True))
+    jobs = list(zip(images, _output_dirs(images, Path(args.out)), strict=True))
     failures = 0
     with daam:
         for start in range(0, len(jobs), args.batch_size):
-            loaded = []
+            batch = []
             for path, folder in jobs[start : start + args.batch_size]:
                 try:
-                    loaded.append((path, folder, preprocessing(load_image(path))))
+                    batch.append((path, folder, preprocessing(load_image(path))))
                 except ImageLoadError as error:
                     _error(str(error))
                     failures += 1
-            if not loaded:
+            if not batch:
                 continue
-            x = torch.stack([tensor for _, _, tensor in loaded]).to(device)
+            x = torch.stack([tensor for _, _, tensor in batch]).to(device)
             try:
-                result = daam(x, target=args.target)
+                result = daam(x, target=target)
             except ValueError as error:
                 _error(str(error))
                 return EXIT_USAGE
-            for i, (path, folder, _) in enumerate(loaded):
+            for i, (path, folder, _) in enumerate(batch):
                 metadata = {
-                    "model": args.model,
-                    "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+                    "model": loaded.label,
+                    "checkpoint": str(args.checkpoint) if getattr(args, "checkpoint", None) else None,
                     "image": str(path),
                     "input_size": list(x.shape[-2:]),
                     "preprocessing": preprocessing.config,
-                    "rho": args.rho,
+                    "rho": args.rho or ("identity" if args.bank else "relu"),
+                    "bank": str(args.bank) if args.bank else None,
                     "normalize_blocks": args.normalize_blocks,
                 }
                 try:
                     manifest = write_bundle(
-                        folder, preprocessing.to_image(x[i]), result[i], metadata, names, options
+                        folder, preprocessing.to_image(x[i]), result[i], metadata, loaded.names, options
                     )
                 except OSError as error:
                     _error(f"{path}: could not write {folder} ({error})")
@@ -182,6 +305,99 @@ def _explain(args: argparse.Namespace) -> int:
     if failures:
         _error(f"{failures} of {len(jobs)} images failed")
         return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if args.bank is not None and args.target is not None:
+        _error("--target and --bank exclude each other: with a bank the k-NN prediction is explained")
+        return EXIT_USAGE
+    if args.model is None:
+        if args.checkpoint:
+            _error("--checkpoint needs --model (the architecture the weights belong to)")
+            return EXIT_USAGE
+        print("no --model given: using the bundled demo ViT (trained on vitflow's synthetic scenes only)",
+              file=sys.stderr)  # fmt: skip
+    return _explain_files(args, args.images)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from vitflow.data.scenes import write_scenes
+
+    args.model = args.checkpoint = None
+    scene_dir = Path(args.out) / "scenes"
+    manifest = write_scenes(scene_dir, args.n, seed=args.seed)
+    images = [str(scene_dir / entry["image"]) for entry in manifest["scenes"]]
+    print(f"wrote {len(images)} scenes (seed {args.seed}) to {scene_dir}")
+    code = _explain_files(args, images)
+    if code == EXIT_OK:
+        print(f"explanations in {args.out}/scene_*/ (overlays, flow.gif, manifest.json)")
+    return code
+
+
+def _scenes(args: argparse.Namespace) -> int:
+    from vitflow.data.scenes import write_scenes
+
+    try:
+        manifest = write_scenes(args.out, args.n, seed=args.seed, size=args.size, objects=args.objects)
+    except ValueError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    print(f"wrote {len(manifest['scenes'])} scenes to {args.out} (classes: {', '.join(manifest['classes'])})")
+    return EXIT_OK
+
+
+def _bank_build(args: argparse.Namespace) -> int:
+    from vitflow.data.folders import list_labelled_images
+    from vitflow.loading import ModelLoadError
+    from vitflow.targets.bank import model_identity
+    from vitflow.targets.bank_build import build_bank
+
+    try:
+        device = _device(args.device)
+        images = list_labelled_images(args.data)
+        loaded = _load(args, headless=True)
+    except (ModelLoadError, ValueError) as error:
+        _error(str(error))
+        return EXIT_USAGE
+    failures = []
+
+    def report(message: str) -> None:
+        failures.append(message)
+        _error(message)
+
+    model = loaded.model.to(device)
+    name = model_identity(model)  # what bank.check_model compares against when the bank is used
+    try:
+        bank = build_bank(
+            model, loaded.preprocessing, images, args.out, preprocessing_config=loaded.preprocessing.config,
+            model_name=name, batch_size=args.batch_size, chunk_images=args.chunk, half=args.half,
+            device=device, progress=not args.quiet, on_error=report,
+        )  # fmt: skip
+    except ValueError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    print(f"wrote {args.out}: {len(bank)} features of dimension {bank.dim}, {bank.num_classes} classes, "
+          f"model {name}")  # fmt: skip
+    if failures:
+        _error(f"{len(failures)} of {len(images)} images could not be read and were left out")
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def _bank_info(args: argparse.Namespace) -> int:
+    import json
+
+    from vitflow.targets import BankError, MemoryBank
+
+    try:
+        bank = MemoryBank.load(args.bank)
+    except BankError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    print(f"{args.bank}: {len(bank)} x {bank.dim} {str(bank.features.dtype).removeprefix('torch.')}, "
+          f"{bank.num_classes} classes")  # fmt: skip
+    print(json.dumps(bank.metadata, indent=2))
     return EXIT_OK
 
 
