@@ -49,7 +49,7 @@ def bench_build(images: int, batch: int) -> float:
     model.reset_classifier(0)
     with tempfile.TemporaryDirectory() as tmp:
         cli(["scenes", "--out", f"{tmp}/scenes", "--n", str(images), "--seed", "5"])
-        listed = list_image_folder(f"{tmp}/scenes")
+        listed = list_image_folder(f"{tmp}/scenes/images")
         start = time.perf_counter()
         build_bank(model, preprocessing, listed, f"{tmp}/b.bank", batch_size=batch, progress=False)
         return images / (time.perf_counter() - start)

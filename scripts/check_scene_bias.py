@@ -42,7 +42,7 @@ def main() -> None:
     for name, (xs, xt) in rows.items():
         print(f"{name:32} held-out accuracy {linear_probe_accuracy(xs, train_y, xt, test_y, k):.3f}")
     rng = np.random.default_rng(0)
-    informative = lambda y: np.eye(k)[y] + rng.normal(0, 0.5, (len(y), k))  # noqa: E731
+    informative = lambda y: np.eye(k)[y] + rng.normal(0, 0.2, (len(y), k))  # noqa: E731
     check = linear_probe_accuracy(informative(train_y), train_y, informative(test_y), test_y, k)
     print(f"{'(check) noisy one-hot labels':32} held-out accuracy {check:.3f}")
 

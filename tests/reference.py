@@ -54,15 +54,17 @@ def reference_daam(
         values.append(v.detach())
         outputs.append(out[:, 0].detach())
     logits = model.forward_head(model.norm(tokens))
-    if target is None:
-        labels = logits.argmax(1)
+    if score_fn is not None:
+        labels = torch.full((batch,), -1)
+        score = score_fn(logits).sum()
     else:
-        labels = (
-            torch.as_tensor(target).long().expand(batch)
-            if isinstance(target, int)
-            else torch.as_tensor(target)
-        )
-    score = logits[torch.arange(batch), labels].sum()
+        if target is None:
+            labels = logits.argmax(1)
+        elif isinstance(target, int):
+            labels = torch.as_tensor(target).long().expand(batch)
+        else:
+            labels = torch.as_tensor(target)
+        score = logits[torch.arange(batch), labels].sum()
     grads = torch.autograd.grad(score, zero_leaves)
 
     prefix = model.num_prefix_tokens if prefix_tokens is None else prefix_tokens

@@ -61,7 +61,8 @@ def test_weights_match_float64_reference_on_random_banks():
 
 def test_tied_votes_go_to_the_lower_class():
     e = torch.eye(4)
-    bank = make_bank(torch.stack([e[0] + e[1], e[0] + e[2]]), [3, 1], 4)  # equally similar to e0
+    # the first two are equally similar to e0; the others (far away) fill classes 0 and 2
+    bank = make_bank(torch.stack([e[0] + e[1], e[0] + e[2], -e[0], e[3] - e[0]]), [3, 1, 0, 2], 4)
     scored = KNNTarget(bank, k=2)(e[0][None] * 2.5)
     assert int(scored.labels[0]) == 1
     predicted, w = reference_weights(e[0].numpy() * 2.5, bank.features.numpy(), bank.labels.numpy(), 2, 0.07)
@@ -186,7 +187,7 @@ def test_bank_problems_are_refused_clearly(tmp_path, backbone):
 def scene_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
     assert main(["scenes", "--out", str(root), "--n", "24", "--seed", "9", "--size", "64"]) == 0
-    return root
+    return root / "images"
 
 
 def test_bank_build_resumes_without_recomputing_finished_chunks(tmp_path, scene_folder):
@@ -203,7 +204,7 @@ def test_bank_build_resumes_without_recomputing_finished_chunks(tmp_path, scene_
         calls.append(1)
         if crash and len(calls) == 13:
             raise KeyboardInterrupt  # interrupted in the middle of the third chunk
-        return preprocessing(image.resize((64, 64)))
+        return preprocessing(image)
 
     crash = True
     with pytest.raises(KeyboardInterrupt):

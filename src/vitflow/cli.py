@@ -126,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     scenes = commands.add_parser(
         "scenes",
         help="write procedural ground-truth scenes (ImageFolder layout, masks, boxes.json)",
-        description="Write N procedural scenes: OUT/<class>/scene_NNNNNN.png, OUT/masks/scene_NNNNNN_K.png "
-        "(255 inside object K) and OUT/boxes.json (classes, labels, boxes, mask files). Each scene is "
-        "determined by (seed, index).",
+        description="Write N procedural scenes: OUT/images/<class>/scene_NNNNNN.png (ImageFolder layout: "
+        "give OUT/images to dataset readers such as vitflow bank build), OUT/masks/scene_NNNNNN_K.png (255 "
+        "inside object K) and OUT/boxes.json (classes, labels, boxes, mask files). Each scene is determined "
+        "by (seed, index).",
     )
     scenes.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     scenes.add_argument("--n", type=_positive_int, required=True, help="number of scenes")

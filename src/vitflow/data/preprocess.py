@@ -22,10 +22,16 @@ class Preprocessing:
 
     @classmethod
     def for_timm(cls, model: nn.Module) -> Preprocessing:
-        """timm's evaluation transform from the model's pretrained data config."""
+        """timm's evaluation transform from the model's pretrained data config (input size taken
+        from the model itself when it was built for another size)."""
         from timm.data import create_transform, resolve_model_data_config
 
         config = resolve_model_data_config(model)
+        # a model built with another img_size keeps its pretrained config's size; follow the model
+        patch_embed = getattr(model, "patch_embed", None)
+        img_size = getattr(patch_embed, "img_size", None)
+        if img_size is not None and not getattr(model, "dynamic_img_size", False):
+            config["input_size"] = (config["input_size"][0], *img_size)
         transform = create_transform(**config, is_training=False)
         return cls(transform, tuple(config["mean"]), tuple(config["std"]), dict(config))
 

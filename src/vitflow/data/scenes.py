@@ -83,6 +83,10 @@ def _unit_area(shape: str) -> float:
 
 
 _UNIT_AREAS = {shape: _unit_area(shape) for shape in ("disc", "crescent", *_POLYGONS)}
+# radius of the smallest centred disc holding each unit shape
+_EXTENTS = {"disc": 1.0, "crescent": 1.0} | {
+    shape: max(math.hypot(x, y) for x, y in points) for shape, points in _POLYGONS.items()
+}
 
 
 def _pattern(pattern: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
@@ -206,7 +210,7 @@ def generate_scene(seed: int, index: int, size: int = 224, objects: int = 1) -> 
     """Scene ``index`` of the stream ``seed``: ``objects`` (1 or 2) objects of different classes.
 
     Object sizes (diameter of a disc of the same area) are 30-48% of the image with one object and
-    22-32% with two.
+    18-26% with two.
     """
     if objects not in (1, 2):
         raise ValueError(f"objects must be 1 or 2, got {objects}")
@@ -218,15 +222,18 @@ def generate_scene(seed: int, index: int, size: int = 224, objects: int = 1) -> 
     canvas = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     _draw_clutter(rng, canvas, size)
     image = np.asarray(canvas).astype(np.float64)
-    low, high = (0.30, 0.48) if objects == 1 else (0.22, 0.32)
+    low, high = (0.30, 0.48) if objects == 1 else (0.18, 0.26)
     masks, boxes, taken = [], [], []
     for label in labels:
         _, shape, pattern = CLASSES[label]
         diameter = rng.uniform(low, high) * size
         area = math.pi * (diameter / 2) ** 2
         scale = math.sqrt(area / _UNIT_AREAS[shape])  # equal areas across shapes
-        centre = _place(rng, size, 2 * scale, taken)
-        taken.append((*centre, scale))
+        # single-object scenes place by the scale alone (kept so that the demo model's training
+        # stream stays reproducible); two objects need the true extent so they never overlap
+        radius = scale if objects == 1 else scale * _EXTENTS[shape]
+        centre = _place(rng, size, 2 * radius, taken)
+        taken.append((*centre, radius))
         mask, u, v = _object_mask(shape, centre, scale, rng.uniform(0, 2 * math.pi), size)
         first, second = _contrasting_pair(rng)
         period = rng.uniform(0.26, 0.34)
@@ -253,8 +260,9 @@ def _save_png_atomic(array: np.ndarray, path: Path) -> None:
 
 
 def write_scenes(out: str | os.PathLike, n: int, seed: int = 0, size: int = 224, objects: int = 1) -> dict:
-    """Write ``n`` scenes in ImageFolder layout: ``out/<class>/scene_NNNNNN.png``, masks in
-    ``out/masks/scene_NNNNNN_K.png`` (255 inside object K), and ``out/boxes.json``.
+    """Write ``n`` scenes: images in ImageFolder layout under ``out/images/<class>/scene_NNNNNN.png``
+    (point dataset readers at ``out/images``), masks in ``out/masks/scene_NNNNNN_K.png`` (255 inside
+    object K), and ``out/boxes.json`` (paths relative to ``out``).
 
     For two-object scenes the image goes in the folder of its first object's class; the manifest
     lists both objects.
@@ -267,7 +275,7 @@ def write_scenes(out: str | os.PathLike, n: int, seed: int = 0, size: int = 224,
     for index in range(n):
         scene = generate_scene(seed, index, size, objects)
         name = f"scene_{index:0{width}d}"
-        image_path = Path(CLASS_NAMES[scene.label]) / f"{name}.png"
+        image_path = Path("images") / CLASS_NAMES[scene.label] / f"{name}.png"
         _save_png_atomic(scene.image, out / image_path)
         listed = []
         for k, (mask, label, box) in enumerate(zip(scene.masks, scene.labels, scene.boxes, strict=True)):
