@@ -258,3 +258,18 @@ def test_bank_build_and_explain_commands(tmp_path, scene_folder, capsys):
         main(["explain", str(image), "--bank", str(bank_file), "--target", "1", "--out", str(tmp_path / "x")])
         == 2
     )
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (the bank moves to the model's device)"
+)
+def test_bank_moves_to_a_cuda_device_with_room_and_gives_the_same_weights():
+    gen = torch.Generator().manual_seed(4)
+    bank = make_bank(torch.randn(2000, 64, generator=gen), torch.arange(2000) % 5, 5)
+    queries = torch.randn(3, 64, generator=gen)
+    on_cpu = KNNTarget(bank, k=10, keep_on_device=False)(queries)
+    target = KNNTarget(bank, k=10)
+    on_gpu = target(queries.cuda())
+    assert target.bank.features.is_cuda
+    torch.testing.assert_close(on_gpu.weights.cpu(), on_cpu.weights, rtol=1e-4, atol=1e-5)
+    assert torch.equal(on_gpu.labels.cpu(), on_cpu.labels)

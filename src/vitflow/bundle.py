@@ -17,17 +17,26 @@ from PIL import Image
 
 from vitflow import __version__
 from vitflow.files import write_bytes_atomic, write_json_atomic
-from vitflow.render import encode_gif, label_frame, overlay, to_uint8
+from vitflow.render import encode_gif, label_frame, overlay, to_uint8, viewer_html
+from vitflow.render.figure import flow_figure, save_figure
+from vitflow.render.video import write_mp4
 from vitflow.result import DAAMResult
 
 
 @dataclass(frozen=True)
 class RenderOptions:
+    """How a bundle looks and which optional outputs it has (GIF, overlays and manifest always)."""
+
     mode: str = "sigmoid"
     alpha: float = 0.4
     image_weight: float = 0.8
     cmap: str = "jet"
     gif_duration_ms: int = 400
+    gif_loop: int = 0
+    mp4: bool = False
+    figure: bool = False
+    figure_blocks: tuple[int, ...] | None = None
+    html: bool = False
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -128,7 +137,20 @@ def write_bundle(
         files["blocks"].append(name)
         manifest["blocks"][b]["file"] = name
         frames.append(label_frame(frame, f"block {b + 1}/{result.num_blocks}  {label}"[:60]))
-    write_bytes_atomic(out_dir / "flow.gif", encode_gif(frames, options.gif_duration_ms))
+    write_bytes_atomic(out_dir / "flow.gif", encode_gif(frames, options.gif_duration_ms, options.gif_loop))
+    if options.mp4:
+        write_mp4(frames, out_dir / "flow.mp4", fps=1000.0 / options.gif_duration_ms)
+        files["mp4"] = "flow.mp4"
+    if options.figure:
+        title = f"{metadata.get('model', '')}: {label}"
+        fig = flow_figure(image, result.maps[0], result.block_maps[0], blocks=options.figure_blocks,
+                          cmap=options.cmap, title=title)  # fmt: skip
+        files["figure"] = [p.name for p in save_figure(fig, out_dir / "figure")]
+    if options.html:
+        page = viewer_html(image, result.maps[0], result.block_maps[0], title=f"{out_dir.name}: {label}",
+                           target=label, top5=manifest["top5"], mode=options.mode)  # fmt: skip
+        write_bytes_atomic(out_dir / "viewer.html", page.encode())
+        files["html"] = "viewer.html"
     manifest["files"] = files
     manifest["render"] = {
         "mode": options.mode,

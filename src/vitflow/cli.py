@@ -52,15 +52,42 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
         help="min-max normalise each block's map before accumulating",
     )
     parser.add_argument(
-        "--gif-duration", type=_positive_int, default=400, metavar="MS", help="ms per GIF frame"
+        "--gif-duration",
+        type=_positive_int,
+        default=400,
+        metavar="MS",
+        help="ms per GIF/MP4 frame (default 400)",
     )
+    parser.add_argument(
+        "--gif-loop", type=int, default=0, metavar="N", help="GIF repeats, 0 = forever (default 0)"
+    )
+    parser.add_argument(
+        "--mp4", action="store_true", help="also write flow.mp4 (H.264, through imageio-ffmpeg)"
+    )
+    parser.add_argument(
+        "--figure",
+        action="store_true",
+        help="also write figure.png/.pdf/.svg: input, accumulated and per-block maps",
+    )
+    parser.add_argument(
+        "--figure-blocks",
+        metavar="B,B,...",
+        help="blocks to show in the figure, 1-based, e.g. 1,4,8,12 (default all)",
+    )
+    parser.add_argument(
+        "--html",
+        action="store_true",
+        help="also write viewer.html per image (self-contained) and OUT/index.html",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 _BUNDLE_FILES = (
     "OUT/<image name>/ receives input.png (the crop the model saw), block_NN.png (the accumulated map "
     "after block NN over the image), flow.gif (the attention flow, block number on each frame) and "
-    "manifest.json (model, image, top-5 classes, target, per-block map statistics). Files are written "
-    "atomically; manifest.json comes last."
+    "manifest.json (model, image, top-5 classes, target, per-block map statistics); with --mp4, --figure "
+    "and --html also flow.mp4, figure.png/.pdf/.svg and viewer.html (plus OUT/index.html). Files are "
+    "written atomically; manifest.json comes last."
 )
 
 
@@ -120,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     demo.add_argument("--n", type=_positive_int, default=4, help="number of scenes (default 4)")
     demo.add_argument("--seed", type=int, default=7, help="scene stream seed (default 7)")
+    demo.add_argument(
+        "--knn",
+        action="store_true",
+        help="explain the demo backbone's weighted k-NN decision over the bundled memory bank "
+        "(the self-supervised mode, method.md section 5) instead of its classifier",
+    )
     _add_render_options(demo)
     demo.set_defaults(handler=_demo, target=None, bank=None)
 
@@ -241,6 +274,7 @@ def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
     from vitflow.data import ImageLoadError, load_image
     from vitflow.engine import DAAM
     from vitflow.loading import ModelLoadError
+    from vitflow.progress import Progress
     from vitflow.render import colormap_lut
 
     try:
@@ -262,9 +296,21 @@ def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
         return EXIT_USAGE
 
     preprocessing = loaded.preprocessing
-    options = RenderOptions(args.mode, args.alpha, args.image_weight, args.cmap, args.gif_duration)
+    try:
+        figure_blocks = tuple(int(b) for b in args.figure_blocks.split(",")) if args.figure_blocks else None
+    except ValueError:
+        _error(
+            f"--figure-blocks takes comma-separated block numbers such as 1,4,8, got {args.figure_blocks!r}"
+        )
+        return EXIT_USAGE
+    options = RenderOptions(
+        mode=args.mode, alpha=args.alpha, image_weight=args.image_weight, cmap=args.cmap,
+        gif_duration_ms=args.gif_duration, gif_loop=args.gif_loop, mp4=args.mp4, figure=args.figure,
+        figure_blocks=figure_blocks, html=args.html,
+    )  # fmt: skip
     jobs = list(zip(images, _output_dirs(images, Path(args.out)), strict=True))
-    failures = 0
+    failures, written = 0, []
+    progress = Progress(len(jobs), "explain", enabled=len(jobs) > 1 and not args.quiet)
     with daam:
         for start in range(0, len(jobs), args.batch_size):
             batch = []
@@ -274,6 +320,7 @@ def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
                 except ImageLoadError as error:
                     _error(str(error))
                     failures += 1
+            progress.update(len(jobs[start : start + args.batch_size]) - len(batch))
             if not batch:
                 continue
             x = torch.stack([tensor for _, _, tensor in batch]).to(device)
@@ -297,12 +344,32 @@ def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
                     manifest = write_bundle(
                         folder, preprocessing.to_image(x[i]), result[i], metadata, loaded.names, options
                     )
-                except OSError as error:
+                except (OSError, ValueError) as error:
                     _error(f"{path}: could not write {folder} ({error})")
                     failures += 1
                     continue
+                finally:
+                    progress.update(1)
                 target = manifest["target"]
+                written.append((folder, target["name"]))
                 print(f"{path}: {target['name']} (p={target['probability']:.3f}) -> {folder}")
+    progress.close()
+    if args.html and written:
+        from vitflow.files import write_bytes_atomic
+        from vitflow.render import index_html
+
+        entries = [
+            {
+                "name": f.name,
+                "viewer": f"{f.name}/viewer.html",
+                "thumbnail": f"{f.name}/input.png",
+                "target": t,
+            }
+            for f, t in written
+        ]
+        write_bytes_atomic(
+            Path(args.out) / "index.html", index_html(entries, f"vitflow: {loaded.label}").encode()
+        )
     if failures:
         _error(f"{failures} of {len(jobs)} images failed")
         return EXIT_SOME_FAILED
@@ -326,8 +393,17 @@ def _demo(args: argparse.Namespace) -> int:
     from vitflow.data.scenes import write_scenes
 
     args.model = args.checkpoint = None
+    args.k, args.temperature = 20, 0.07
+    if args.knn:
+        from vitflow.demo import bank_path
+
+        args.bank = str(bank_path())
     scene_dir = Path(args.out) / "scenes"
-    manifest = write_scenes(scene_dir, args.n, seed=args.seed)
+    try:
+        manifest = write_scenes(scene_dir, args.n, seed=args.seed)
+    except OSError as error:
+        _error(f"cannot write scenes to {scene_dir} ({error})")
+        return EXIT_USAGE
     images = [str(scene_dir / entry["image"]) for entry in manifest["scenes"]]
     print(f"wrote {len(images)} scenes (seed {args.seed}) to {scene_dir}")
     code = _explain_files(args, images)

@@ -17,6 +17,7 @@ from vitflow.data.scenes import CLASS_NAMES
 
 WEIGHTS = "demo_vit.safetensors"
 MODEL_CARD = "demo_vit.md"
+BANK = "demo_bank.bank"
 
 # timm VisionTransformer arguments of the demo architecture: 96 px input, 8 px patches (12x12 grid)
 ARCHITECTURE = dict(
@@ -77,6 +78,11 @@ def weights_path():
     return resources.files("vitflow") / "assets" / WEIGHTS
 
 
+def bank_path():
+    """Path of the shipped memory bank: the demo backbone's features of labelled scenes."""
+    return resources.files("vitflow") / "assets" / BANK
+
+
 def load_demo_model() -> tuple[nn.Module, Preprocessing]:
     """The trained demo model in eval mode, and its preprocessing (PIL image -> tensor)."""
     from vitflow.loading import ModelLoadError, load_state_dict_strict, read_state_dict
@@ -91,3 +97,20 @@ def load_demo_model() -> tuple[nn.Module, Preprocessing]:
     with resources.as_file(path) as file:
         load_state_dict_strict(model, read_state_dict(file), f"demo weights {path}")
     return model.eval(), Preprocessing.for_timm(model)
+
+
+def load_demo_backbone() -> tuple[nn.Module, Preprocessing]:
+    """The demo model without its classifier (``num_classes=0``): its output is the [class] token
+    after the final norm, the feature the shipped memory bank holds."""
+    model, preprocessing = load_demo_model()
+    model.reset_classifier(0)
+    return model, preprocessing
+
+
+def load_demo_bank():
+    """The shipped :class:`~vitflow.targets.MemoryBank` for :func:`load_demo_backbone`, so the
+    self-supervised (k-NN) mode runs offline too."""
+    from vitflow.targets import MemoryBank
+
+    with resources.as_file(bank_path()) as file:
+        return MemoryBank.load(file)

@@ -57,6 +57,12 @@ class DAAMResult:
             raise ValueError(f"which must be 'maps' or 'block_maps', got {which!r}")
         return F.interpolate(getattr(self, which), size=tuple(size), mode="bilinear", align_corners=False)
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows a summary and the first image's attention flow, animated."""
+        from vitflow.render.notebook import result_html  # rendering stays out of the core import
+
+        return result_html(self)
+
     def to(self, device: torch.device | str) -> DAAMResult:
         """A copy with every tensor on ``device``."""
         moved = {

@@ -2,7 +2,9 @@
 
 from vitflow.render.animation import encode_gif, label_frame
 from vitflow.render.colormap import apply_colormap, colormap_lut
-from vitflow.render.normalize import MODES, to_uint8
+from vitflow.render.html import index_html, viewer_html
+from vitflow.render.normalize import MODES, resize_uint8, scale_to_uint8, to_uint8
+from vitflow.render.notebook import result_html, show
 from vitflow.render.overlay import image_to_uint8, overlay
 
 __all__ = [
@@ -12,6 +14,12 @@ __all__ = [
     "encode_gif",
     "image_to_uint8",
     "label_frame",
+    "index_html",
     "overlay",
+    "resize_uint8",
+    "result_html",
+    "scale_to_uint8",
+    "show",
     "to_uint8",
+    "viewer_html",
 ]

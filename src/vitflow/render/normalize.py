@@ -86,9 +86,20 @@ def to_uint8(
     if mode not in _NORMALIZERS:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     out = _NORMALIZERS[mode](_as_float64(maps))
-    if size is None:
-        return out
+    return out if size is None else resize_uint8(out, size)
+
+
+def scale_to_uint8(maps: torch.Tensor | np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``(L, h, w)`` maps on one common scale, their joint maximum at 255 (e.g. per-block maps that
+    should stay comparable); optionally resized."""
+    array = _as_float64(maps)
+    out = _unit_to_uint8(_divide(array, array.max()))
+    return out if size is None else resize_uint8(out, size)
+
+
+def resize_uint8(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (half-pixel centres) of ``(L, h, w)`` uint8 maps to ``size = (H, W)``."""
     resized = F.interpolate(
-        torch.from_numpy(out).float()[:, None], size=tuple(size), mode="bilinear", align_corners=False
+        torch.from_numpy(maps).float()[:, None], size=tuple(size), mode="bilinear", align_corners=False
     )
     return resized[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()

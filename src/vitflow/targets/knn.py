@@ -26,18 +26,37 @@ class KNNTarget:
         k: neighbours (20 in the paper, as in DINO's k-NN evaluation).
         temperature: vote temperature ``tau`` (0.07).
         chunk_size: bank rows compared at once (bounds memory).
+        keep_on_device: ``"auto"`` copies the bank once to a CUDA model's device when the device has
+            free memory for twice its size (searches then need no transfers); ``False`` streams
+            chunks from where the bank is.
     """
 
     rho: Rho = "identity"
 
     def __init__(
-        self, bank: MemoryBank, k: int = 20, temperature: float = 0.07, chunk_size: int = 65536
+        self,
+        bank: MemoryBank,
+        k: int = 20,
+        temperature: float = 0.07,
+        chunk_size: int = 65536,
+        keep_on_device: bool | str = "auto",
     ) -> None:
         if not 1 <= k <= len(bank):
             raise ValueError(f"k must be between 1 and the bank size {len(bank)}, got {k}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.bank, self.k, self.temperature, self.chunk_size = bank, k, temperature, chunk_size
+        self.keep_on_device = keep_on_device
+
+    def _bank_for(self, device: torch.device) -> MemoryBank:
+        """The bank, moved once to ``device`` when that is a CUDA device with room for it."""
+        if self.keep_on_device != "auto" or device.type != "cuda" or self.bank.features.device == device:
+            return self.bank
+        free, _ = torch.cuda.mem_get_info(device)
+        size = self.bank.features.numel() * self.bank.features.element_size()
+        if free > 2 * size:
+            self.bank = self.bank.to(device)
+        return self.bank
 
     def check_model(self, model: nn.Module) -> None:
         self.bank.check_model(model)
@@ -45,9 +64,10 @@ class KNNTarget:
     def __call__(self, output: torch.Tensor) -> TargetScores:
         _check_features(output, self.bank.dim, "this memory bank")
         query = F.normalize(output.detach().float(), dim=1)
-        similarities, indices = self.bank.topk(query, self.k, self.chunk_size)
-        neighbours, labels = self.bank.gather(indices)
-        votes = knn_votes(similarities, labels, self.bank.num_classes, self.temperature)
+        bank = self._bank_for(output.device)
+        similarities, indices = bank.topk(query, self.k, self.chunk_size)
+        neighbours, labels = bank.gather(indices)
+        votes = knn_votes(similarities, labels, bank.num_classes, self.temperature)
         predicted = votes.argmax(dim=1)
         weights = dimension_weights(query, neighbours, labels == predicted[:, None])
         return TargetScores(

@@ -1,0 +1,233 @@
+"""Animations, figures, the HTML viewer, notebook display and progress output."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from vitflow.cli import main
+from vitflow.data.scenes import generate_scene
+from vitflow.render import show, viewer_html
+from vitflow.render.figure import flow_figure, save_figure
+from vitflow.render.video import write_mp4
+from vitflow.result import DAAMResult
+
+L = 5
+
+
+def moving_spot_maps(blocks=L, grid=(6, 6)):
+    """Accumulated maps whose hot spot moves from block to block, and their block maps."""
+    block_maps = torch.zeros(blocks, *grid)
+    for b in range(blocks):
+        block_maps[b, b % grid[0], (2 * b) % grid[1]] = 1.0 + b
+    return block_maps.cumsum(0), block_maps
+
+
+def fake_result(batch=2):
+    maps, block_maps = moving_spot_maps()
+    return DAAMResult(
+        block_maps=block_maps.expand(batch, -1, -1, -1),
+        maps=maps.expand(batch, -1, -1, -1),
+        relevance=torch.zeros(batch, L, 37),
+        logits=torch.randn(batch, 4),
+        target=torch.tensor([1] * batch),
+        score=torch.zeros(batch),
+        prefix_tokens=1,
+        grid=(6, 6),
+    )
+
+
+IMAGE = generate_scene(0, 0, size=96).image
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """`vitflow explain --mp4 --figure --html` on two images with timm's small test ViT (160 px, 6 blocks)."""
+    root = tmp_path_factory.mktemp("visual")
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False, num_classes=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_file(model.state_dict(), root / "w.safetensors")
+    Image.fromarray(IMAGE).save(root / "one.png")
+    Image.fromarray(IMAGE[::-1].copy()).save(root / "two.png")
+    args = ["explain", str(root / "one.png"), str(root / "two.png"), "--model", "test_vit",
+            "--checkpoint", str(root / "w.safetensors"), "--out", str(root / "out"), "--mp4", "--figure",
+            "--html", "--figure-blocks", "1,3,6"]  # fmt: skip
+    return root, args
+
+
+def _explain_run(run, capsys, extra=()):
+    code = main([*run[1], *extra])
+    return code, capsys.readouterr()
+
+
+def test_gif_and_mp4_have_one_frame_per_block_that_change_as_the_maps_do(run, capsys):
+    code, captured = _explain_run(run, capsys)
+    assert code == 0
+    assert "explain: 2/2 images" in captured.err  # progress on a multi-image run
+    folder = run[0] / "out" / "one"
+    gif = Image.open(folder / "flow.gif")
+    assert gif.n_frames == 6 and gif.size == (160, 160) and gif.info["loop"] == 0
+    frames = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(np.asarray(gif.convert("RGB"), dtype=np.int16))
+    assert all(np.abs(a - b).mean() > 0.5 for a, b in zip(frames, frames[1:], strict=False))
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(folder / "flow.mp4"))
+    meta = reader.__next__()
+    video = [np.frombuffer(f, np.uint8).reshape(160, 160, 3).astype(np.int16) for f in reader]
+    assert meta["size"] == (160, 160)
+    assert len(video) == 6 + 2  # one frame per block, the last held three times
+    assert np.abs(video[0] - video[5]).mean() > 0.5 and np.abs(video[5] - video[7]).mean() < 0.5
+    # the video shows what the GIF shows (up to compression)
+    assert np.abs(video[0] - frames[0]).mean() < 12
+
+
+def test_quiet_silences_the_progress_bar(run, capsys):
+    code, captured = _explain_run(run, capsys, extra=["--quiet"])
+    assert code == 0 and "explain:" not in captured.err
+
+
+def test_figure_panels_and_formats(run, capsys, tmp_path):
+    _explain_run(run, capsys)
+    folder = run[0] / "out" / "one"
+    assert (folder / "figure.pdf").read_bytes()[:4] == b"%PDF"
+    assert b"<svg" in (folder / "figure.svg").read_bytes()[:500]
+    assert Image.open(folder / "figure.png").width > 400
+    maps, block_maps = moving_spot_maps()
+    fig = flow_figure(IMAGE, maps, block_maps, blocks=[1, 3, 5], mode="global")
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 1 + 3 + 3  # input, accumulated and per-block rows for three blocks
+    assert [ax.get_title() for ax in shown[:4]] == ["input", "accumulated, block 1", "block 3", "block 5"]
+    many = flow_figure(IMAGE, *moving_spot_maps(blocks=32), max_columns=9)
+    assert len([ax for ax in many.axes if ax.images]) == 1 + 32 + 32
+    written = save_figure(fig, tmp_path / "fig", formats=("png", "svg"))
+    assert [p.name for p in written] == ["fig.png", "fig.svg"]
+    with pytest.raises(ValueError, match="blocks must be numbers from 1 to 5"):
+        flow_figure(IMAGE, maps, blocks=[0, 6])
+
+
+class _Balance(HTMLParser):
+    VOID = {"meta", "input", "br", "img", "line", "polyline", "link"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(tag)
+
+
+def test_viewer_is_one_valid_file_that_references_nothing_remote(run, capsys):
+    _explain_run(run, capsys)
+    out = run[0] / "out"
+    page = (out / "one" / "viewer.html").read_text()
+    checker = _Balance()
+    checker.feed(page)
+    assert checker.errors == [] and checker.stack == []
+    assert page.startswith("<!DOCTYPE html>")
+    code = re.sub(r"data:[a-z/+]+;base64,[A-Za-z0-9+/=]+", "", page)  # embedded images are local
+    assert "data:image/png;base64," in page
+    assert not re.search(r"(https?:)?//[a-z]", code)
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)
+    index = (out / "index.html").read_text()
+    assert 'href="one/viewer.html"' in index and 'href="two/viewer.html"' in index
+
+
+def test_viewer_in_headless_chromium(tmp_path):
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        if os.environ.get("VITFLOW_REQUIRE_BROWSER"):
+            pytest.fail("chromium and chromedriver are required here (VITFLOW_REQUIRE_BROWSER is set)")
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    maps, block_maps = moving_spot_maps()
+    top5 = [{"name": "disc", "probability": 0.9}, {"name": "square", "probability": 0.1}]
+    page = tmp_path / "viewer.html"
+    page.write_text(viewer_html(IMAGE, maps, block_maps, title="test", target="disc", top5=top5))
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(page.as_uri())
+        WebDriverWait(driver, 30).until(
+            lambda d: d.execute_script("return document.body.dataset.ready") == "1"
+        )
+        frame = lambda: driver.execute_script("return document.getElementById('view').dataset.frame")  # noqa: E731
+        pixels = lambda: driver.execute_script("return document.getElementById('view').toDataURL()")  # noqa: E731
+        assert frame() == "accumulated-5-jet-0.5"
+        last = pixels()
+        driver.execute_script("const s = document.getElementById('block'); s.value = 2;"
+                              "s.dispatchEvent(new Event('input'));")  # fmt: skip
+        assert frame() == "accumulated-2-jet-0.5" and pixels() != last
+        second = pixels()
+        driver.find_element("id", "perblock").click()
+        assert frame() == "block-2-jet-0.5" and pixels() != second
+        driver.execute_script("const s = document.getElementById('cmap'); s.value = 'gray';"
+                              "s.dispatchEvent(new Event('change'));")  # fmt: skip
+        assert frame() == "block-2-gray-0.5"
+        driver.find_element("id", "play").click()
+        WebDriverWait(driver, 10).until(lambda d: not frame().startswith("block-2-"))
+        driver.find_element("id", "play").click()
+        assert driver.find_element("id", "top5").text.startswith("disc 0.900")
+        shot = Path(os.environ.get("VITFLOW_SCREENSHOT_DIR", tmp_path)) / "viewer.png"
+        driver.save_screenshot(str(shot))
+        assert Image.open(shot).width > 300
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        driver.quit()
+
+
+def test_results_display_themselves_in_notebooks_and_show_plots_them():
+    result = fake_result()
+    page = result._repr_html_()
+    assert "DAAMResult: 2 image(s), 5 blocks, grid 6x6" in page
+    gif = Image.open(io.BytesIO(base64.b64decode(re.search(r"base64,([^']+)'", page).group(1))))
+    assert gif.n_frames == L
+    fig = show(result, image=IMAGE, blocks=[2, 5], per_block=True)
+    assert len([ax for ax in fig.axes if ax.images]) == 1 + 2 + 2
+    assert len([ax for ax in show(result).axes if ax.images]) == 1 + L
+
+
+def test_mp4_writer_pads_odd_sizes_and_refuses_empty(tmp_path):
+    frames = [np.full((33, 47, 3), v, np.uint8) for v in (0, 128, 255)]
+    path = write_mp4(frames, tmp_path / "odd.mp4", fps=4, hold_last=1)
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    assert reader.__next__()["size"] == (48, 34)
+    assert len(list(reader)) == 3
+    with pytest.raises(ValueError, match="at least one frame"):
+        write_mp4([], tmp_path / "none.mp4")
+    assert json.dumps({"ok": True})
