@@ -105,3 +105,29 @@ def test_explain_without_model_uses_the_demo_model_and_says_so(tmp_path, capsys)
     manifest = json.loads((tmp_path / "out" / "scene" / "manifest.json").read_text())
     assert manifest["target"]["name"] == CLASS_NAMES[scene.label]
     assert math.isclose(sum(e["probability"] for e in manifest["top5"]), 1.0, abs_tol=0.2)
+
+
+def test_bundled_bank_runs_the_self_supervised_mode_offline(single_scenes):
+    from vitflow import KNNTarget
+    from vitflow.demo import load_demo_backbone, load_demo_bank
+
+    backbone, preprocessing = load_demo_backbone()
+    bank = load_demo_bank()
+    assert bank.metadata["model"] == "vitflow-demo-vit" and bank.class_names == list(CLASS_NAMES)
+    scenes = single_scenes[:100]
+    x = _batch(scenes, preprocessing)
+    with DAAM(backbone) as daam:
+        result = daam(x, target=KNNTarget(bank))
+    labels = torch.tensor([s.label for s in scenes])
+    accuracy = float((result.target == labels).float().mean())
+    assert accuracy >= 0.9, f"k-NN accuracy {accuracy:.3f} with the bundled bank"
+    masks = torch.from_numpy(np.stack([s.masks[0] for s in scenes]))
+    rate = float(pointing_game(result.final, masks).float().mean())
+    assert rate >= 0.7, f"k-NN DAAM maximum inside the object for {rate:.3f} of 100 scenes"
+
+
+def test_demo_command_knn_mode(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--n", "1", "--knn", "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "scene_000000" / "manifest.json").read_text())
+    assert manifest["rho"] == "identity" and manifest["bank"].endswith("demo_bank.bank")
+    assert manifest["target"]["name"] in CLASS_NAMES

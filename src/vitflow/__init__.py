@@ -4,7 +4,7 @@ Implements Liao, Gao & Zhang, "Dynamic Accumulated Attention Map for Interpretin
 Decision-Making in Vision Transformer", Pattern Recognition 165 (2025) 111607.
 """
 
-from vitflow.adapters import Adapter, AttentionSite, register_adapter
+from vitflow.adapters import Adapter, AttentionSite, ProjectionSite, register_adapter
 from vitflow.engine import DAAM, DecompositionError, explain
 from vitflow.result import DAAMResult
 from vitflow.targets import (
@@ -13,6 +13,7 @@ from vitflow.targets import (
     KNNTarget,
     MemoryBank,
     ReferenceTarget,
+    SimilarityTarget,
     Target,
 )
 
@@ -28,7 +29,9 @@ __all__ = [
     "FeatureWeightTarget",
     "KNNTarget",
     "MemoryBank",
+    "ProjectionSite",
     "ReferenceTarget",
+    "SimilarityTarget",
     "Target",
     "__version__",
     "explain",

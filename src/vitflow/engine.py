@@ -159,7 +159,7 @@ class DAAM:
                 )
             model_output = record.output[:, 0].detach()
             work = record.attn_row.dtype
-            rebuilt = class_token_output(record.attn_row, record.v.to(work))
+            rebuilt = record.comparable(class_token_output(record.attn_row, record.v.to(work)))
             if rebuilt.shape != model_output.shape or rebuilt.shape[0] != batch:
                 raise DecompositionError(
                     f"{self._model_name}: block {record.index}: rebuilt [class] output has shape "

@@ -8,10 +8,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from vitflow.adapters.base import Adapter, AttentionSite, BlockRecord, GridSpec, OverrideAdapter
+from vitflow.adapters.base import (
+    Adapter,
+    AttentionSite,
+    BlockRecord,
+    GridSpec,
+    OverrideAdapter,
+    ProjectionSite,
+    split_heads,
+)
+from vitflow.adapters.hf import HFAdapter
+from vitflow.adapters.mha import MultiheadAttentionSite
+from vitflow.adapters.open_clip import OpenCLIPAdapter
 from vitflow.adapters.timm import TimmAdapter
+from vitflow.adapters.torchvision import TorchvisionAdapter
 
-ADAPTERS: list[type[Adapter]] = [TimmAdapter]
+ADAPTERS: list[type[Adapter]] = [TimmAdapter, HFAdapter, TorchvisionAdapter, OpenCLIPAdapter]
 
 
 def register_adapter(adapter: type[Adapter]) -> type[Adapter]:
@@ -51,8 +63,14 @@ __all__ = [
     "AttentionSite",
     "BlockRecord",
     "GridSpec",
+    "HFAdapter",
+    "MultiheadAttentionSite",
+    "OpenCLIPAdapter",
     "OverrideAdapter",
+    "ProjectionSite",
     "TimmAdapter",
+    "TorchvisionAdapter",
+    "split_heads",
     "register_adapter",
     "resolve_adapter",
 ]

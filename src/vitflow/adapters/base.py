@@ -42,6 +42,10 @@ class BlockRecord:
     v: torch.Tensor | None = None  # (B, H, N, d)
     output: torch.Tensor | None = None  # (B, N, C), on the autograd path
     coefficients: torch.Tensor | None = None  # (B, C) = dY/dT_b, filled in backward
+    # when the hooked output is after the output projection (nn.MultiheadAttention keeps the
+    # attention output internal): out = O W^T + b, so dY/dO = dY/dout W and checks compare W O + b
+    out_weight: torch.Tensor | None = None
+    out_bias: torch.Tensor | None = None
     _k: torch.Tensor | None = field(default=None, repr=False)
     _grad_anchor: torch.Tensor | None = field(default=None, repr=False)
 
@@ -83,7 +87,17 @@ class BlockRecord:
         return out
 
     def _store_coefficients(self, grad: torch.Tensor) -> None:
-        self.coefficients = grad[:, 0].detach().clone()
+        cls_grad = grad[:, 0].detach()
+        if self.out_weight is not None:
+            cls_grad = cls_grad @ self.out_weight.to(cls_grad.dtype)
+        self.coefficients = cls_grad.clone()
+
+    def comparable(self, rebuilt: torch.Tensor) -> torch.Tensor:
+        """The rebuilt [class] attention output ``(B, C)`` mapped to where the hook read the model's."""
+        if self.out_weight is None:
+            return rebuilt
+        out = rebuilt @ self.out_weight.to(rebuilt.dtype).T
+        return out if self.out_bias is None else out + self.out_bias.to(rebuilt.dtype)
 
     def _maybe_attention_row(self) -> None:
         k = self._k
@@ -110,6 +124,58 @@ class AttentionSite(ABC):
     @abstractmethod
     def install(self, record: BlockRecord) -> list[torch.utils.hooks.RemovableHandle]:
         """Register hooks on the model that fill ``record``; return every handle."""
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, N, H*d)`` -> ``(B, H, N, d)``."""
+    batch, tokens, width = x.shape
+    return x.reshape(batch, tokens, heads, width // heads).permute(0, 2, 1, 3)
+
+
+class ProjectionSite(AttentionSite):
+    """Attention with separate query, key, value and output projections (``nn.Linear`` modules):
+    Hugging Face ViTs (``q_proj, k_proj, v_proj, o_proj``), timm's class attention (``q, k, v,
+    proj``), and custom ViTs built the same way.
+
+    The query projection may see all tokens ``(B, N, C)`` or only the [class] token ``(B, C)``
+    (class attention); the output projection's input is the attention output ``(B, N, C)`` or
+    ``(B, 1, C)``.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        q: nn.Module,
+        k: nn.Module,
+        v: nn.Module,
+        out: nn.Module,
+        heads: int,
+        scale: float | None = None,
+    ) -> None:
+        self.module, self.q, self.k, self.v, self.out, self.heads = module, q, k, v, out, int(heads)
+        width = getattr(k, "out_features", None)
+        self._scale = scale if scale is not None else (width // self.heads) ** -0.5
+
+    @property
+    def scale(self) -> float:
+        return float(self._scale)
+
+    def install(self, record: BlockRecord) -> list[torch.utils.hooks.RemovableHandle]:
+        heads = self.heads
+
+        def on_query(_module, _args, q):
+            q = q[:, None] if q.ndim == 2 else q  # class attention projects the [class] token alone
+            record.query(split_heads(q, heads))
+
+        def on_output(_module, args):
+            return (record.attention_output(args[0]), *args[1:])
+
+        return [
+            self.q.register_forward_hook(on_query),
+            self.k.register_forward_hook(lambda _m, _a, k: record.key(split_heads(k, heads))),
+            self.v.register_forward_hook(lambda _m, _a, v: record.value(split_heads(v, heads))),
+            self.out.register_forward_pre_hook(on_output),
+        ]
 
 
 class Adapter(ABC):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vitflow.adapters.base import Adapter, AttentionSite, BlockRecord
+from vitflow.adapters.base import Adapter, AttentionSite, BlockRecord, ProjectionSite
 
 _POOL_HELP = (
     "DAAM explains the decision through the [class] token, and this model's classifier reads "
@@ -94,7 +94,26 @@ class TimmAdapter(Adapter):
                 + _POOL_HELP.format(what=f"{pool}-pooled patch tokens")
             )
 
+    def class_attention_blocks(self) -> Sequence[nn.Module] | None:
+        """CaiT's ``blocks_token_only`` / XCiT's ``cls_attn_blocks``, where the [class] token attends."""
+        for name in ("blocks_token_only", "cls_attn_blocks"):
+            blocks = getattr(self.model, name, None)
+            if blocks is not None:
+                return blocks
+        return None
+
     def sites(self) -> Sequence[AttentionSite]:
+        class_blocks = self.class_attention_blocks()
+        if class_blocks is not None:
+            # CaiT and XCiT add the [class] token only after the patch-only blocks (self-attention
+            # among patches in CaiT, cross-covariance attention in XCiT, neither with a [class]
+            # row); the class-attention blocks are the ones whose [class] output DAAM decomposes.
+            return [
+                ProjectionSite(
+                    b.attn, b.attn.q, b.attn.k, b.attn.v, b.attn.proj, b.attn.num_heads, b.attn.scale
+                )
+                for b in class_blocks
+            ]
         return [TimmAttentionSite(block.attn, i, self._name) for i, block in enumerate(self.model.blocks)]
 
     def prefix_tokens(self) -> int:
@@ -104,7 +123,9 @@ class TimmAdapter(Adapter):
         patch_embed = self.model.patch_embed
         if hasattr(patch_embed, "dynamic_feat_size"):
             return tuple(patch_embed.dynamic_feat_size(image_size))
-        return tuple(patch_embed.grid_size)
+        patch = patch_embed.patch_size
+        patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        return image_size[0] // patch[0], image_size[1] // patch[1]
 
     def num_classes(self) -> int | None:
         return getattr(self.model, "num_classes", None)

@@ -3,7 +3,7 @@
 from vitflow.targets.bank import BankError, MemoryBank, model_identity
 from vitflow.targets.base import Target, TargetScores, as_target
 from vitflow.targets.classes import ClassTarget
-from vitflow.targets.features import FeatureWeightTarget, ReferenceTarget
+from vitflow.targets.features import FeatureWeightTarget, ReferenceTarget, SimilarityTarget
 from vitflow.targets.knn import KNNTarget
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "KNNTarget",
     "MemoryBank",
     "ReferenceTarget",
+    "SimilarityTarget",
     "Target",
     "TargetScores",
     "as_target",

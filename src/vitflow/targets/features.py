@@ -69,3 +69,36 @@ class ReferenceTarget:
         weights = dimension_weights(query, refs)
         labels = torch.full((output.shape[0],), -1, dtype=torch.long, device=output.device)
         return TargetScores(weighted_feature_score(output, weights), labels, weights)
+
+
+class SimilarityTarget:
+    """Explain the cosine similarity between a model's output embedding and reference embeddings
+    (e.g. CLIP text embeddings): zero-shot classification over ``embeddings``.
+
+    Args:
+        embeddings: ``(T, D)`` (or ``(D,)``) reference embeddings, e.g. ``model.encode_text(tokens)``.
+        index: which reference to explain: ``None`` (the most similar per image), an int, or one per
+            image.
+        logit_scale: multiplies the similarities before the softmax of ``probabilities`` (CLIP: 100).
+    """
+
+    rho: Rho = "relu"
+
+    def __init__(self, embeddings: torch.Tensor, index=None, logit_scale: float = 100.0) -> None:
+        embeddings = torch.as_tensor(embeddings)
+        embeddings = embeddings[None] if embeddings.ndim == 1 else embeddings
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be (T, D) or (D,), got {tuple(embeddings.shape)}")
+        self.embeddings = F.normalize(embeddings.detach().float(), dim=1)
+        self.index, self.logit_scale = index, logit_scale
+
+    def __call__(self, output: torch.Tensor) -> TargetScores:
+        from vitflow.targets.classes import ClassTarget
+
+        _check_features(output, self.embeddings.shape[1], "SimilarityTarget")
+        refs = self.embeddings.to(device=output.device, dtype=output.dtype)
+        similarities = F.normalize(output, dim=1) @ refs.T  # b t
+        labels = ClassTarget(self.index).labels(similarities)
+        scores = similarities.gather(1, labels[:, None])[:, 0]
+        probabilities = (self.logit_scale * similarities.detach()).softmax(dim=1)
+        return TargetScores(scores, labels, probabilities=probabilities)
