@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from vitflow import __version__
@@ -108,8 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     explain.add_argument(
         "--model",
-        help="timm model name, e.g. deit_small_patch16_224 (default: the bundled demo ViT, trained on "
-        "vitflow's synthetic scenes only)",
+        help="timm:NAME (or plain NAME), hf:NAME_OR_PATH, torchvision:NAME or open_clip:NAME[/PRETRAINED], "
+        "e.g. deit_small_patch16_224, hf:google/vit-base-patch16-224, torchvision:vit_b_16, "
+        "open_clip:ViT-B-32/openai (default: the bundled demo ViT, trained on vitflow's synthetic scenes "
+        "only)",
+    )
+    explain.add_argument(
+        "--text",
+        action="append",
+        metavar="PROMPT",
+        help="open_clip models: a text to compare the image with (repeat for several; the most similar is "
+        "explained unless --target picks one by position)",
     )
     explain.add_argument(
         "--checkpoint",
@@ -186,7 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and store them with their labels as a memory bank (safetensors + JSON metadata). Interrupted "
         "builds resume from OUT.parts/ without recomputing finished chunks.",
     )
-    build.add_argument("--model", help="timm model name (default: the bundled demo ViT's backbone)")
+    build.add_argument(
+        "--model",
+        help="timm:NAME, hf:..., torchvision:..., open_clip:... (default: the bundled demo ViT's backbone)",
+    )
     build.add_argument(
         "--checkpoint", metavar="FILE", help="weights for --model (default: download pretrained)"
     )
@@ -241,18 +252,9 @@ def _output_dirs(images: Sequence[str], out: Path) -> list[Path]:
     return dirs
 
 
-@dataclass
-class _Loaded:
-    model: object
-    preprocessing: object
-    names: list[str] | None
-    label: str
-
-
-def _load(args: argparse.Namespace, headless: bool = False) -> _Loaded:
+def _load(args: argparse.Namespace, headless: bool = False):
     """The model the arguments name (the demo ViT without --model); ``headless`` drops its classifier."""
-    from vitflow.data import Preprocessing
-    from vitflow.loading import class_names, load_timm_model
+    from vitflow.models import LoadedModel, load_model
 
     if args.model is None:
         from vitflow.data.scenes import CLASS_NAMES
@@ -261,9 +263,8 @@ def _load(args: argparse.Namespace, headless: bool = False) -> _Loaded:
         model, preprocessing = load_demo_model()
         if headless:
             model.reset_classifier(0)
-        return _Loaded(model, preprocessing, list(CLASS_NAMES), NAME)
-    model = load_timm_model(args.model, args.checkpoint, **({"num_classes": 0} if headless else {}))
-    return _Loaded(model, Preprocessing.for_timm(model), None if headless else class_names(model), args.model)
+        return LoadedModel(model, preprocessing, list(CLASS_NAMES), NAME)
+    return load_model(args.model, args.checkpoint, headless=headless, texts=getattr(args, "text", None))
 
 
 def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
@@ -283,6 +284,9 @@ def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
         loaded = _load(args, headless=args.bank is not None)
         model = loaded.model.to(device)
         target = args.target
+        if loaded.target is not None:  # open_clip with --text: --target picks a text by position
+            target = loaded.target
+            target.index = args.target
         if args.bank is not None:
             from vitflow.targets import KNNTarget, MemoryBank
 
