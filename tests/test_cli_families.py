@@ -48,8 +48,9 @@ def test_torchvision_model_with_a_checkpoint(tmp_path, image):
 
     torch.manual_seed(1)
     save_file(perturb(torchvision.models.vit_b_32(num_classes=4)).state_dict(), tmp_path / "tv.safetensors")
-    code = main(["explain", str(image), "--model", "torchvision:vit_b_32", "--checkpoint",
-                 str(tmp_path / "tv.safetensors"), "--out", str(tmp_path / "o"), "--target", "3"])  # fmt: skip
+    checkpoint = str(tmp_path / "tv.safetensors")
+    args = ["--model", "torchvision:vit_b_32", "--checkpoint", checkpoint, "--target", "3"]
+    code = main(["explain", str(image), *args, "--out", str(tmp_path / "o")])
     assert code == 0
     manifest = _manifest(tmp_path / "o")
     assert manifest["grid"] == [7, 7] and manifest["target"]["index"] == 3 and manifest["num_blocks"] == 12
@@ -88,11 +89,13 @@ def test_family_errors_are_one_line(tmp_path, image, capsys):
     assert "--text applies to open_clip" in capsys.readouterr().err
 
 
+HUB_NAME = "hf:google/vit-base-patch16-224"
+
+
 def test_offline_hub_model_fails_in_one_line(tmp_path, image):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
-        [sys.executable, "-m", "vitflow.cli", "explain", str(image), "--model", "hf:google/vit-base-patch16-224",
-         "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "vitflow.cli", "explain", str(image), "--model", HUB_NAME, "--out", str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2
