@@ -89,13 +89,13 @@ def test_family_errors_are_one_line(tmp_path, image, capsys):
     assert "--text applies to open_clip" in capsys.readouterr().err
 
 
-HUB_NAME = "hf:google/vit-base-patch16-224"
+HUB = "hf:google/vit-base-patch16-224"
 
 
 def test_offline_hub_model_fails_in_one_line(tmp_path, image):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
-        [sys.executable, "-m", "vitflow.cli", "explain", str(image), "--model", HUB_NAME, "--out", str(tmp_path)],
+        [sys.executable, "-m", "vitflow.cli", "explain", str(image), "--model", HUB, "--out", str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2
