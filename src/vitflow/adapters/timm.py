@@ -6,6 +6,12 @@ the values from the ``qkv`` output, the query and keys from the outputs of ``q_n
 (identity modules when the model has no q/k norm, so the hook point always exists), and the
 attention output at the input of ``norm`` (the identity unless ``scale_norm``), which is the
 input of ``proj`` for every standard model. ``fused_attn`` is never touched.
+
+Class-attention models (CaiT, XCiT) process the patches first without a [class] token (CaiT:
+self-attention among patches; XCiT: cross-covariance attention, which mixes channels, not
+tokens) and add the [class] token in two final class-attention blocks, where it queries every
+token. Those blocks are the ones with a [class] attention row, so they are the blocks that give
+maps: the attention flow of these models has two steps.
 """
 
 from __future__ import annotations
