@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cache", type=Path, help="folder to keep rendered scenes in between runs")
+    parser.add_argument("--init", type=Path, help="continue from these weights (safetensors)")
     parser.add_argument(
         "--out", default=str(Path(__file__).resolve().parents[1] / "src" / "vitflow" / "assets")
     )
@@ -101,6 +102,10 @@ def main() -> None:
     print(f"rendered {args.train} + {args.heldout} scenes in {data_seconds:.0f} s", flush=True)
 
     model = build_demo_model().train()
+    if args.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(args.init)))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "pos_embed" in n]
     optimizer = torch.optim.AdamW(
@@ -165,6 +170,7 @@ def main() -> None:
         "batch": args.batch,
         "lr": args.lr,
         "init_seed": args.seed,
+        "init_weights": str(args.init) if args.init else None,
         "heldout_accuracy": final,
         "render_seconds": data_seconds,
         "total_seconds": seconds,
