@@ -58,6 +58,7 @@ def test_torchvision_model_with_a_checkpoint(tmp_path, image):
 
 def test_open_clip_model_with_texts(tmp_path, image):
     import open_clip
+
     torch.manual_seed(2)
     model = open_clip.create_model("ViT-B-32", pretrained=None)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "clip.safetensors")

@@ -123,6 +123,7 @@ def test_torchvision_float32_fast_path_matches_float64():
 
 def test_open_clip_tower_explains_image_text_similarity():
     import open_clip
+
     torch.manual_seed(3)
     cfg = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=3, width=48, head_width=12, patch_size=8),
                text_cfg=dict(context_length=8, vocab_size=50, width=32, heads=4, layers=1))  # fmt: skip

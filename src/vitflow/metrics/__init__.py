@@ -1,5 +1,19 @@
 """Evaluation of explanations; each metric is self-contained and batched."""
 
-from vitflow.metrics.localization import pointing_game, upsample_maps
+from vitflow.metrics.faithfulness import confidence_change, deletion_insertion, perturbation_test
+from vitflow.metrics.localization import (
+    energy_pointing_game,
+    pointing_game,
+    segmentation_scores,
+    upsample_maps,
+)
 
-__all__ = ["pointing_game", "upsample_maps"]
+__all__ = [
+    "confidence_change",
+    "deletion_insertion",
+    "energy_pointing_game",
+    "perturbation_test",
+    "pointing_game",
+    "segmentation_scores",
+    "upsample_maps",
+]

@@ -1,4 +1,9 @@
-"""Localisation of an explanation against ground-truth object masks."""
+"""Localisation of an explanation against ground-truth object masks.
+
+All functions take ``maps`` ``(B, h, w)`` (non-negative explanation maps, e.g. ``result.final``)
+and ``masks`` ``(B, H, W)`` bool; maps are upsampled bilinearly to the mask size first, as the
+overlays show them.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +16,72 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
-def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Whether each map's maximum, after upsampling to the mask size, lies inside the mask.
-
-    Args:
-        maps: ``(B, h, w)`` explanation maps (e.g. ``result.final``).
-        masks: ``(B, H, W)`` bool object masks.
-
-    Returns:
-        ``(B,)`` bool hits. A map that is constant (no maximum) counts as a miss.
-    """
+def _prepare(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if maps.ndim != 3 or masks.ndim != 3 or maps.shape[0] != masks.shape[0]:
-        raise ValueError(f"pointing_game takes (B, h, w) maps and (B, H, W) masks, got {tuple(maps.shape)} "
-                         f"and {tuple(masks.shape)}")  # fmt: skip
+        raise ValueError(
+            f"expected (B, h, w) maps and (B, H, W) masks, got {tuple(maps.shape)} and {tuple(masks.shape)}"
+        )
     big = upsample_maps(maps, masks.shape[-2:]).flatten(1)
-    peak = big.argmax(dim=1)
-    hits = masks.flatten(1).to(big.device).gather(1, peak[:, None])[:, 0].bool()
-    constant = big.amax(dim=1) == big.amin(dim=1)
-    return hits & ~constant
+    return big, masks.to(big.device).flatten(1).bool()
+
+
+def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Whether each map's maximum lies inside the mask, ``(B,)`` bool. A constant map (no
+    maximum) counts as a miss."""
+    big, flat_masks = _prepare(maps, masks)
+    hits = flat_masks.gather(1, big.argmax(dim=1, keepdim=True))[:, 0]
+    return hits & (big.amax(dim=1) > big.amin(dim=1))
+
+
+def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Share of each map's mass inside the mask, ``(B,)`` in [0, 1] (0 for an all-zero map)."""
+    big, flat_masks = _prepare(maps, masks)
+    big = big.clamp_min(0)
+    total = big.sum(dim=1)
+    inside = (big * flat_masks).sum(dim=1)
+    return torch.where(total > 0, inside / total.clamp_min(1e-30), torch.zeros_like(total))
+
+
+def _average_precision(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Average precision of ``scores`` ranking ``positives`` (one row per image), ties counted
+    together as scikit-learn does; ``nan`` where a row has no positive."""
+    out = []
+    for score, positive in zip(scores, positives, strict=True):
+        order = torch.argsort(score, descending=True)
+        s, p = score[order], positive[order].double()
+        tp = p.cumsum(0)
+        # the last index of each run of equal scores is where precision/recall are evaluated
+        last = torch.ones_like(s, dtype=torch.bool)
+        last[:-1] = s[1:] != s[:-1]
+        tp_at, n_at = tp[last], torch.nonzero(last)[:, 0].double() + 1
+        total = p.sum()
+        if total == 0:
+            out.append(torch.tensor(float("nan"), dtype=torch.float64))
+            continue
+        recall = tp_at / total
+        precision = tp_at / n_at
+        recall_steps = torch.diff(recall, prepend=torch.zeros(1, dtype=torch.float64))
+        out.append((recall_steps * precision).sum())
+    return torch.stack(out)
+
+
+def segmentation_scores(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Chefer et al.'s ImageNet-segmentation protocol, per image: the upsampled map is min-max
+    normalised and binarised at its mean; returns ``pixel_accuracy``, ``miou`` (mean of foreground
+    and background IoU) and ``ap`` (average precision of the normalised map for the foreground),
+    each ``(B,)``."""
+    big, truth = _prepare(maps, masks)
+    low, high = big.amin(dim=1, keepdim=True), big.amax(dim=1, keepdim=True)
+    unit = torch.where(high > low, (big - low) / (high - low).clamp_min(1e-30), torch.zeros_like(big))
+    predicted = unit > unit.mean(dim=1, keepdim=True)
+    accuracy = (predicted == truth).double().mean(dim=1)
+    ious = []
+    for pred, true in ((predicted, truth), (~predicted, ~truth)):
+        union = (pred | true).sum(dim=1).double()
+        inter = (pred & true).sum(dim=1).double()
+        ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)))
+    return {
+        "pixel_accuracy": accuracy,
+        "miou": (ious[0] + ious[1]) / 2,
+        "ap": _average_precision(unit, truth),
+    }
