@@ -115,3 +115,27 @@ def test_confidence_drop_is_zero_when_the_map_keeps_the_evidence(setup):
     kept = confidence_change(model, x[:1], masks[:1].float(), torch.tensor([0]))
     lost = confidence_change(model, x[:1], (~masks[:1]).float(), torch.tensor([0]))
     assert kept["average_drop"] == pytest.approx(0.0, abs=1e-6) and lost["average_drop"] > 50
+
+
+def test_spearman_and_cascading_randomization():
+    from models import make_timm
+
+    from vitflow import DAAM
+    from vitflow.metrics import cascading_randomization, spearman
+
+    a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert float(spearman(a, a * 10 + 3)) == pytest.approx(1.0)
+    assert float(spearman(a, -a)) == pytest.approx(-1.0)
+    torch.manual_seed(0)
+    model = make_timm("vit_tiny_patch16_224", num_classes=5)
+    x = torch.randn(3, 3, 64, 64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def explain(m):
+        with DAAM(m) as daam:
+            return daam(x, target=1).final
+
+    correlations = cascading_randomization(model, explain, lambda m: m.blocks)
+    assert correlations.shape == (12, 3)
+    assert correlations[-1].mean() < 0.5  # every block random: the map no longer follows the model
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the model is untouched

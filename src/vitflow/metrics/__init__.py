@@ -7,13 +7,16 @@ from vitflow.metrics.localization import (
     segmentation_scores,
     upsample_maps,
 )
+from vitflow.metrics.sanity import cascading_randomization, spearman
 
 __all__ = [
+    "cascading_randomization",
     "confidence_change",
     "deletion_insertion",
     "energy_pointing_game",
     "perturbation_test",
     "pointing_game",
     "segmentation_scores",
+    "spearman",
     "upsample_maps",
 ]
