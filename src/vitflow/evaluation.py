@@ -1,0 +1,285 @@
+"""``vitflow evaluate``: every method and metric on a labelled dataset with object masks, in
+batches, resumable, with DAAM's per-block curves.
+
+Data: a scenes folder (``images/<class>/*.png`` + ``boxes.json`` with mask files, as written by
+``vitflow scenes``) or any ImageFolder tree (then only mask-free metrics run). Each batch's
+per-image records are appended to ``OUT/records.jsonl``; a rerun skips images already there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from vitflow.adapters import resolve_adapter
+from vitflow.baselines import (
+    attention_gradcam,
+    attention_rollout,
+    generic_attention,
+    gradcam_tokens,
+    input_x_gradient,
+    raw_attention,
+    trace_attention,
+)
+from vitflow.data.images import load_image
+from vitflow.engine import DAAM
+from vitflow.files import write_bytes_atomic, write_json_atomic
+from vitflow.metrics import (
+    confidence_change,
+    deletion_insertion,
+    energy_pointing_game,
+    perturbation_test,
+    pointing_game,
+    segmentation_scores,
+)
+
+METHODS = (
+    "daam", "daam_last_block", "daam_block_norm", "raw_attention", "rollout", "attention_gradcam",
+    "generic_attention", "gradcam", "input_x_gradient",
+)  # fmt: skip
+MASK_METRICS = ("pointing_game", "energy", "pixel_accuracy", "miou", "ap")
+MODEL_METRICS = ("perturbation_pos", "perturbation_neg", "deletion", "insertion", "average_drop", "increase")
+METRICS = MASK_METRICS + MODEL_METRICS
+# direction of "better" for the summary table
+HIGHER_IS_BETTER = {m: True for m in METRICS} | {
+    "perturbation_pos": False,
+    "deletion": False,
+    "average_drop": False,
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    target: int
+    mask: np.ndarray | None  # (H, W) bool at the image's size, or None
+    name: str
+
+
+def read_items(data: str | Path, objects: str = "all") -> list[Item]:
+    """Items to explain: one per object (its class and mask) for a scenes folder, one per image
+    (its folder's class) for an ImageFolder tree."""
+    data = Path(data)
+    manifest = data / "boxes.json"
+    if manifest.exists():
+        scenes = json.loads(manifest.read_text())
+        classes = scenes["classes"]
+        items = []
+        for entry in scenes["scenes"]:
+            chosen = entry["objects"] if objects == "all" else entry["objects"][:1]
+            for k, obj in enumerate(chosen):
+                mask = np.asarray(Image.open(data / obj["mask"])) > 0
+                items.append(
+                    Item(data / entry["image"], classes.index(obj["class"]), mask, f"{entry['id']}:{k}")
+                )
+        return items
+    from vitflow.data.folders import list_labelled_images
+
+    images = list_labelled_images(data)
+    return [Item(p, label, None, p.stem) for p, label in zip(images.paths, images.labels, strict=True)]
+
+
+def _mask_at(mask: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """A mask resized (nearest) to the model input, as the preprocessing resizes the whole image."""
+    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.asarray(image) > 0)
+
+
+def explain_all(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: Sequence[str]) -> dict:
+    """Maps of every method for a batch: ``(B, h, w)`` (or ``(B, H, W)``), plus ``"daam_blocks"``
+    ``(B, L, h, w)`` (the accumulated map after each block) when DAAM is among them."""
+    maps: dict[str, torch.Tensor] = {}
+    if {"daam", "daam_last_block"} & set(methods):
+        with DAAM(model) as daam:
+            result = daam(x, target=target)
+        maps["daam"], maps["daam_last_block"] = result.final, result.block_maps[:, -1]
+        maps["daam_blocks"] = result.maps
+    if "daam_block_norm" in methods:
+        with DAAM(model, normalize_blocks=True) as daam:
+            maps["daam_block_norm"] = daam(x, target=target).final
+    attention_methods = {
+        "raw_attention",
+        "rollout",
+        "attention_gradcam",
+        "generic_attention",
+        "input_x_gradient",
+    }
+    if attention_methods & set(methods):
+        trace = trace_attention(model, x, target=target, input_grad="input_x_gradient" in methods)
+        builders: dict[str, Callable] = {
+            "raw_attention": raw_attention,
+            "rollout": attention_rollout,
+            "attention_gradcam": attention_gradcam,
+            "generic_attention": generic_attention,
+            "input_x_gradient": lambda t: input_x_gradient(x, t).clamp_min(0),
+        }
+        for name in attention_methods & set(methods):
+            maps[name] = builders[name](trace)
+    if "gradcam" in methods:
+        blocks = getattr(model, "blocks", None)
+        if blocks is None:
+            raise ValueError(
+                f"gradcam needs a timm model (blocks[-1].norm1 as target layer), got {type(model).__name__}"
+            )
+        adapter = resolve_adapter(model)
+        prefix, grid = adapter.prefix_tokens(), adapter.grid(tuple(x.shape[-2:]))
+        maps["gradcam"] = gradcam_tokens(model, x, target, blocks[-1].norm1, prefix, grid)
+    return {name: m.float() for name, m in maps.items() if name in methods or name == "daam_blocks"}
+
+
+def score_maps(model, x, target, maps, masks, metrics) -> dict[str, torch.Tensor]:
+    """Every requested metric for one method's ``(B, h, w)`` maps: ``{metric: (B,)}``."""
+    out: dict[str, torch.Tensor] = {}
+    if masks is not None:
+        if "pointing_game" in metrics:
+            out["pointing_game"] = pointing_game(maps, masks).double()
+        if "energy" in metrics:
+            out["energy"] = energy_pointing_game(maps, masks).double()
+        if {"pixel_accuracy", "miou", "ap"} & set(metrics):
+            seg = segmentation_scores(maps, masks)
+            out |= {k: v.double() for k, v in seg.items() if k in metrics}
+    if "perturbation_pos" in metrics:
+        out["perturbation_pos"] = perturbation_test(model, x, maps, target)["auc_accuracy"]
+    if "perturbation_neg" in metrics:
+        out["perturbation_neg"] = perturbation_test(model, x, maps, target, positive=False)["auc_accuracy"]
+    if {"deletion", "insertion"} & set(metrics):
+        curves = deletion_insertion(model, x, maps, target)
+        out |= {k: curves[f"{k}_auc"] for k in ("deletion", "insertion") if k in metrics}
+    if {"average_drop", "increase"} & set(metrics):
+        change = confidence_change(model, x, maps, target)
+        out |= {"average_drop": 100 * change["drop"], "increase": 100 * change["increase"].double()}
+    return {k: v.cpu() for k, v in out.items() if k in metrics}
+
+
+def evaluate(
+    model: nn.Module,
+    preprocess: Callable,
+    items: Sequence[Item],
+    out: str | Path,
+    methods: Sequence[str] = METHODS,
+    metrics: Sequence[str] = METRICS,
+    per_block_metrics: Sequence[str] = MASK_METRICS + ("perturbation_pos", "insertion"),
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress=None,
+) -> dict:
+    """Run every method and metric over ``items``; append per-image records to ``out/records.jsonl``
+    (skipping items already recorded) and return the summary (also written as results.*)."""
+    unknown = [m for m in methods if m not in METHODS] + [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(
+            f"unknown methods/metrics {unknown}; methods: {', '.join(METHODS)}; metrics: {', '.join(METRICS)}"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records_file = out / "records.jsonl"
+    done = set()
+    if records_file.exists():
+        for line in records_file.read_text().splitlines():
+            done.add(json.loads(line)["item"])
+    todo = [item for item in items if item.name not in done]
+    if progress is not None:
+        progress.update(len(items) - len(todo))
+    model = model.eval().to(device)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        x = torch.stack([preprocess(load_image(item.path)) for item in batch]).to(device)
+        target = torch.tensor([item.target for item in batch], device=device)
+        masks = None
+        if all(item.mask is not None for item in batch):
+            masks = torch.stack([_mask_at(item.mask, x.shape[-2:]) for item in batch]).to(device)
+        maps = explain_all(model, x, target, methods)
+        with torch.no_grad():
+            correct = (model(x).argmax(1) == target).cpu()
+        scores = {m: score_maps(model, x, target, maps[m], masks, metrics) for m in methods}
+        blocks = maps.get("daam_blocks")
+        per_block = []
+        if blocks is not None:
+            for b in range(blocks.shape[1]):
+                per_block.append(score_maps(model, x, target, blocks[:, b], masks, per_block_metrics))
+        lines = []
+        for i, item in enumerate(batch):
+            record = {
+                "item": item.name,
+                "target": item.target,
+                "correct": bool(correct[i]),
+                "scores": {m: {k: float(v[i]) for k, v in s.items()} for m, s in scores.items()},
+                "daam_per_block": [{k: float(v[i]) for k, v in s.items()} for s in per_block],
+            }
+            lines.append(json.dumps(record))
+        with open(records_file, "a") as handle:  # one append per batch: an interrupted run loses one batch
+            handle.write("\n".join(lines) + "\n")
+        if progress is not None:
+            progress.update(len(batch))
+    return summarize(out, methods, metrics)
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def summarize(out: Path, methods: Sequence[str], metrics: Sequence[str]) -> dict:
+    """Aggregate ``records.jsonl`` into results.json, results.csv, results.md and per_block.png."""
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    present = [m for m in metrics if any(m in r["scores"].get(methods[0], {}) for r in records)]
+    table = {m: {k: _mean([r["scores"][m][k] for r in records if k in r["scores"][m]]) for k in present}
+             for m in methods}  # fmt: skip
+    blocks = max((len(r["daam_per_block"]) for r in records), default=0)
+    block_keys = sorted({k for r in records for s in r["daam_per_block"] for k in s})
+    curves = {k: [_mean([r["daam_per_block"][b][k] for r in records if len(r["daam_per_block"]) > b])
+                  for b in range(blocks)] for k in block_keys}  # fmt: skip
+    summary = {
+        "items": len(records),
+        "accuracy": _mean([float(r["correct"]) for r in records]),
+        "methods": table,
+        "daam_per_block": curves,
+        "higher_is_better": {k: HIGHER_IS_BETTER[k] for k in present},
+    }
+    write_json_atomic(out / "results.json", summary)
+    csv = ["method," + ",".join(present)] + [
+        m + "," + ",".join(f"{table[m][k]:.4f}" for k in present) for m in methods
+    ]
+    write_bytes_atomic(out / "results.csv", ("\n".join(csv) + "\n").encode())
+    arrows = [f"{k} {'↑' if HIGHER_IS_BETTER[k] else '↓'}" for k in present]
+    md = ["| method | " + " | ".join(arrows) + " |", "|---|" + "---:|" * len(present)]
+    for m in methods:
+        cells = []
+        for k in present:
+            values = [table[other][k] for other in methods]
+            best = max(values) if HIGHER_IS_BETTER[k] else min(values)
+            cells.append(f"**{table[m][k]:.3f}**" if table[m][k] == best else f"{table[m][k]:.3f}")
+        md.append(f"| {m} | " + " | ".join(cells) + " |")
+    write_bytes_atomic(out / "results.md", ("\n".join(md) + "\n").encode())
+    if curves:
+        _plot_curves(curves, out / "per_block.png")
+    return summary
+
+
+def _plot_curves(curves: dict[str, list[float]], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set_xlabel("block (accumulated DAAM map after it)")
+    ax.set_ylabel("score")
+    ax.set_title("DAAM quality block by block")
+    ax.legend(fontsize=7, ncol=2)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())

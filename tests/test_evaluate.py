@@ -1,0 +1,46 @@
+"""`vitflow evaluate`: every method and metric over a scenes folder, resumable, with outputs."""
+
+import json
+
+import timm
+import torch
+from safetensors.torch import save_file
+
+from vitflow.cli import main
+
+METRICS = "pointing_game,energy,ap,perturbation_pos"
+
+
+def test_evaluate_writes_results_and_resumes(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False, num_classes=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    assert main(["scenes", "--out", str(tmp_path / "scenes"), "--n", "2", "--seed", "1", "--size", "96",
+                 "--objects", "2"]) == 0  # fmt: skip
+    args = ["evaluate", "--model", "test_vit", "--checkpoint", str(tmp_path / "w.safetensors"), "--data",
+            str(tmp_path / "scenes"), "--out", str(tmp_path / "eval"), "--batch-size", "2", "--quiet",
+            "--methods", "daam,rollout,generic_attention", "--metrics", METRICS]  # fmt: skip
+    assert main([*args, "--limit", "2"]) == 0
+    records = (tmp_path / "eval" / "records.jsonl").read_text().splitlines()
+    assert len(records) == 2
+    first = json.loads(records[0])
+    assert set(first["scores"]) == {"daam", "rollout", "generic_attention"}
+    assert set(first["scores"]["daam"]) == {"pointing_game", "energy", "ap", "perturbation_pos"}
+    assert len(first["daam_per_block"]) == 6  # test_vit has 6 blocks
+    assert main(args) == 0  # resumes: only the two remaining objects are added
+    records = (tmp_path / "eval" / "records.jsonl").read_text().splitlines()
+    assert len(records) == 4 and len({json.loads(r)["item"] for r in records}) == 4
+    summary = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert summary["items"] == 4 and 0 <= summary["methods"]["daam"]["energy"] <= 1
+    assert len(summary["daam_per_block"]["energy"]) == 6
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert table.startswith("| method | pointing_game ↑ | energy ↑ | ap ↑ | perturbation_pos ↓ |")
+    assert (tmp_path / "eval" / "results.csv").read_text().splitlines()[
+        0
+    ] == "method,pointing_game,energy,ap,perturbation_pos"
+    assert (tmp_path / "eval" / "per_block.png").stat().st_size > 1000
+    assert main([*args[:-1], "pointing_game,nonsense"]) == 2
+    assert "unknown methods/metrics ['nonsense']" in capsys.readouterr().err
