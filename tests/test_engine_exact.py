@@ -119,3 +119,18 @@ def test_normalize_blocks_min_max_normalises_each_block_before_summing():
         flat.amax(-1, keepdim=True) - flat.amin(-1, keepdim=True)
     )
     torch.testing.assert_close(result.maps, expected.reshape(result.maps.shape).cumsum(1))
+
+
+def test_start_block_accumulates_from_the_chosen_block_on():
+    model = make_timm("vit_tiny_patch16_224").double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with DAAM(model, start_block=4) as daam:
+        result = daam(x)
+    assert (result.maps[:, :3] == 0).all()
+    for b in range(3, result.num_blocks):
+        torch.testing.assert_close(result.maps[:, b], result.block_maps[:, 3 : b + 1].sum(1))
+    with (
+        DAAM(model, start_block=13) as daam,
+        pytest.raises(ValueError, match="start_block must be between 1 and 12"),
+    ):
+        daam(x)

@@ -22,12 +22,12 @@ def test_evaluate_writes_results_and_resumes(tmp_path, capsys):
                  "--objects", "2"]) == 0  # fmt: skip
     args = ["evaluate", "--model", "test_vit", "--checkpoint", str(tmp_path / "w.safetensors"), "--data",
             str(tmp_path / "scenes"), "--out", str(tmp_path / "eval"), "--batch-size", "2", "--quiet",
-            "--methods", "daam,rollout,generic_attention", "--metrics", METRICS]  # fmt: skip
+            "--methods", "daam,daam_from_3,rollout,generic_attention", "--metrics", METRICS]  # fmt: skip
     assert main([*args, "--limit", "2"]) == 0
     records = (tmp_path / "eval" / "records.jsonl").read_text().splitlines()
     assert len(records) == 2
     first = json.loads(records[0])
-    assert set(first["scores"]) == {"daam", "rollout", "generic_attention"}
+    assert set(first["scores"]) == {"daam", "daam_from_3", "rollout", "generic_attention"}
     assert set(first["scores"]["daam"]) == {"pointing_game", "energy", "ap", "perturbation_pos"}
     assert len(first["daam_per_block"]) == 6  # test_vit has 6 blocks
     assert main(args) == 0  # resumes: only the two remaining objects are added

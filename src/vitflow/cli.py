@@ -198,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", metavar="FILE", help="weights for --model")
     evaluate.add_argument("--data", required=True, help="scenes folder (with boxes.json) or ImageFolder tree")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    evaluate.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
+    evaluate.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated (default: all); also daam_from_K: DAAM accumulated from block K on",
+    )
     evaluate.add_argument("--metrics", default=",".join(METRICS), help="comma-separated (default: all)")
     evaluate.add_argument(
         "--first-object-only", action="store_true", help="explain only the first object of a scene"

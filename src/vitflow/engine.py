@@ -40,6 +40,7 @@ class DAAM:
         rho: coefficient transform, ``"relu"`` or ``"identity"``; ``None`` uses the target's
             default (ReLU for classes, as in the published supervised code).
         normalize_blocks: min-max normalise each block map per image before accumulating.
+        start_block: accumulate from this block on (1-based; default 1, the method as published).
         prefix_tokens: override the number of tokens before the patch grid.
         grid: override the patch grid: ``(h, w)`` or a function of the input ``(H, W)``.
         adapter: an :class:`~vitflow.adapters.base.Adapter` (class or instance) for models the
@@ -52,6 +53,7 @@ class DAAM:
         *,
         rho: Rho | None = None,
         normalize_blocks: bool = False,
+        start_block: int = 1,
         prefix_tokens: int | None = None,
         grid: GridSpec | None = None,
         adapter: Adapter | type[Adapter] | None = None,
@@ -61,6 +63,7 @@ class DAAM:
         self.model = model
         self.rho = rho
         self.normalize_blocks = normalize_blocks
+        self.start_block = start_block
         self.adapter = resolve_adapter(model, adapter, prefix_tokens, grid)
         self.adapter.validate()
         self._model_name = type(model).__name__
@@ -195,7 +198,7 @@ class DAAM:
                 )
             relevance = torch.stack(relevance, dim=1)  # b l n
             block_maps = block_map(relevance, prefix, grid)
-            maps = accumulate(block_maps, self.normalize_blocks)
+            maps = accumulate(block_maps, self.normalize_blocks, self.start_block)
         return DAAMResult(
             block_maps=block_maps,
             maps=maps,

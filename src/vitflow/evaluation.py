@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,10 @@ def explain_all(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods
     if "daam_block_norm" in methods:
         with DAAM(model, normalize_blocks=True) as daam:
             maps["daam_block_norm"] = daam(x, target=target).final
+    for name in methods:
+        if name.startswith("daam_from_"):  # accumulation from a chosen block: daam_from_4
+            with DAAM(model, start_block=int(name.removeprefix("daam_from_"))) as daam:
+                maps[name] = daam(x, target=target).final
     attention_methods = {
         "raw_attention",
         "rollout",
@@ -173,7 +178,8 @@ def evaluate(
 ) -> dict:
     """Run every method and metric over ``items``; append per-image records to ``out/records.jsonl``
     (skipping items already recorded) and return the summary (also written as results.*)."""
-    unknown = [m for m in methods if m not in METHODS] + [m for m in metrics if m not in METRICS]
+    unknown = [m for m in methods if m not in METHODS and not re.fullmatch(r"daam_from_\d+", m)]
+    unknown += [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(
             f"unknown methods/metrics {unknown}; methods: {', '.join(METHODS)}; metrics: {', '.join(METRICS)}"

@@ -115,12 +115,20 @@ def minmax_per_map(maps: torch.Tensor) -> torch.Tensor:
     return out.reshape(maps.shape)
 
 
-def accumulate(block_maps: torch.Tensor, normalize_blocks: bool = False) -> torch.Tensor:
+def accumulate(
+    block_maps: torch.Tensor, normalize_blocks: bool = False, start_block: int = 1
+) -> torch.Tensor:
     """The attention flow: ``L_{b,DAAM} = sum_{i<=b} L_i`` along dim 1 of ``(B, L, h, w)``.
 
     With ``normalize_blocks`` each ``L_i`` is min-max normalised per image first (the published
-    ``--norm`` option).
+    ``--norm`` option). ``start_block`` (1-based) leaves the blocks before it out of the sum (a
+    variant: early blocks of some models add diffuse evidence); the maps before it are zero.
     """
+    if not 1 <= start_block <= block_maps.shape[1]:
+        raise ValueError(f"start_block must be between 1 and {block_maps.shape[1]}, got {start_block}")
     if normalize_blocks:
         block_maps = minmax_per_map(block_maps)
+    if start_block > 1:
+        block_maps = block_maps.clone()
+        block_maps[:, : start_block - 1] = 0
     return block_maps.cumsum(dim=1)
