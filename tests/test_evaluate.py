@@ -44,3 +44,41 @@ def test_evaluate_writes_results_and_resumes(tmp_path, capsys):
     assert (tmp_path / "eval" / "per_block.png").stat().st_size > 1000
     assert main([*args[:-1], "pointing_game,nonsense"]) == 2
     assert "unknown methods/metrics ['nonsense']" in capsys.readouterr().err
+
+
+def test_ilsvrc_box_annotations_become_masks(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vitflow.evaluation import read_items
+
+    (tmp_path / "data" / "n01440764").mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "data" / "n01440764" / "ILSVRC2012_val_00000001.JPEG")
+    (tmp_path / "boxes").mkdir()
+    (tmp_path / "boxes" / "ILSVRC2012_val_00000001.xml").write_text(
+        "<annotation><size><width>40</width><height>30</height><depth>3</depth></size>"
+        "<object><name>n01440764</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>11</xmax><ymax>7</ymax></bndbox></object>"
+        "<object><name>n01440764</name><bndbox><xmin>30</xmin><ymin>20</ymin><xmax>39</xmax><ymax>29</ymax></bndbox></object>"
+        "</annotation>"
+    )
+    (item,) = read_items(tmp_path / "data", boxes=tmp_path / "boxes")
+    assert item.target == 0 and item.mask.shape == (30, 40)
+    assert (
+        item.mask.sum() == 10 * 5 + 10 * 10 and item.mask[3, 2] and item.mask[7, 11] and not item.mask[8, 11]
+    )
+    assert np.array_equal(item.mask[20:, 30:], np.ones((10, 10), bool))
+
+
+def test_masks_follow_the_model_crop():
+    import numpy as np
+    from models import make_timm
+
+    from vitflow.data import Preprocessing
+    from vitflow.evaluation import _mask_at
+
+    preprocessing = Preprocessing.for_timm(make_timm("vit_tiny_patch16_224"))  # resize 71, centre crop 64
+    mask = np.zeros((100, 100), bool)
+    mask[:, :50] = True  # left half
+    moved = _mask_at(mask, preprocessing)
+    assert moved.shape == (64, 64)
+    assert moved[:, :30].all() and not moved[:, 34:].any()  # still the left half after the crop

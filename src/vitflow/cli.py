@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="as for explain (default: the bundled demo ViT)")
     evaluate.add_argument("--checkpoint", metavar="FILE", help="weights for --model")
     evaluate.add_argument("--data", required=True, help="scenes folder (with boxes.json) or ImageFolder tree")
+    evaluate.add_argument(
+        "--boxes", metavar="DIR", help="ILSVRC box annotations (DIR/<image stem>.xml) as masks"
+    )
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.add_argument(
         "--methods",
@@ -520,7 +523,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         device = _device(args.device)
         loaded = _load(args)
-        items = read_items(args.data, "first" if args.first_object_only else "all")[: args.limit]
+        items = read_items(args.data, "first" if args.first_object_only else "all", args.boxes)[: args.limit]
         progress = Progress(len(items), "evaluate", enabled=not args.quiet)
         summary = evaluate(
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),

@@ -31,6 +31,7 @@ from vitflow.baselines import (
     trace_attention,
 )
 from vitflow.data.images import load_image
+from vitflow.data.preprocess import Preprocessing
 from vitflow.engine import DAAM
 from vitflow.files import write_bytes_atomic, write_json_atomic
 from vitflow.metrics import (
@@ -65,9 +66,23 @@ class Item:
     name: str
 
 
-def read_items(data: str | Path, objects: str = "all") -> list[Item]:
+def boxes_mask(xml_path: Path) -> np.ndarray:
+    """The union of an ImageNet (ILSVRC / PASCAL VOC) annotation's boxes as an ``(H, W)`` mask."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(xml_path).getroot()
+    width, height = int(root.findtext("size/width")), int(root.findtext("size/height"))
+    mask = np.zeros((height, width), dtype=bool)
+    for box in root.iter("bndbox"):
+        x0, y0, x1, y1 = (int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        mask[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True  # ILSVRC boxes are inclusive
+    return mask
+
+
+def read_items(data: str | Path, objects: str = "all", boxes: str | Path | None = None) -> list[Item]:
     """Items to explain: one per object (its class and mask) for a scenes folder, one per image
-    (its folder's class) for an ImageFolder tree."""
+    (its folder's class) for an ImageFolder tree, with masks from ``boxes/<image stem>.xml``
+    (ILSVRC box annotations) when given."""
     data = Path(data)
     manifest = data / "boxes.json"
     if manifest.exists():
@@ -85,13 +100,23 @@ def read_items(data: str | Path, objects: str = "all") -> list[Item]:
     from vitflow.data.folders import list_labelled_images
 
     images = list_labelled_images(data)
-    return [Item(p, label, None, p.stem) for p, label in zip(images.paths, images.labels, strict=True)]
+    items = []
+    for path, label in zip(images.paths, images.labels, strict=True):
+        mask = None
+        if boxes is not None:
+            xml = Path(boxes) / f"{path.stem}.xml"
+            if not xml.exists():
+                raise ValueError(f"{xml}: no box annotation for {path.name}")
+            mask = boxes_mask(xml)
+        items.append(Item(path, label, mask, path.stem))
+    return items
 
 
-def _mask_at(mask: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """A mask resized (nearest) to the model input, as the preprocessing resizes the whole image."""
-    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)
-    return torch.from_numpy(np.asarray(image) > 0)
+def _mask_at(mask: np.ndarray, preprocess) -> torch.Tensor:
+    """A mask through the same geometry as its image (resize, crop): the preprocessing applied to
+    the mask drawn as a black-and-white image, then thresholded at half."""
+    picture = Image.fromarray(np.repeat(mask.astype(np.uint8)[..., None] * 255, 3, axis=2))
+    return torch.from_numpy(preprocess.to_image(preprocess(picture))[..., 0] > 127)
 
 
 def explain_all(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: Sequence[str]) -> dict:
@@ -166,7 +191,7 @@ def score_maps(model, x, target, maps, masks, metrics) -> dict[str, torch.Tensor
 
 def evaluate(
     model: nn.Module,
-    preprocess: Callable,
+    preprocess: Preprocessing,
     items: Sequence[Item],
     out: str | Path,
     methods: Sequence[str] = METHODS,
@@ -201,7 +226,7 @@ def evaluate(
         target = torch.tensor([item.target for item in batch], device=device)
         masks = None
         if all(item.mask is not None for item in batch):
-            masks = torch.stack([_mask_at(item.mask, x.shape[-2:]) for item in batch]).to(device)
+            masks = torch.stack([_mask_at(item.mask, preprocess) for item in batch]).to(device)
         maps = explain_all(model, x, target, methods)
         with torch.no_grad():
             correct = (model(x).argmax(1) == target).cpu()
