@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vitflow import __version__
-from vitflow.evaluation import METHODS, METRICS
+from vitflow.evaluation import METHODS, METRICS, PER_BLOCK_METRICS
 from vitflow.render import MODES
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated (default: all); also daam_from_K: DAAM accumulated from block K on",
     )
     evaluate.add_argument("--metrics", default=",".join(METRICS), help="comma-separated (default: all)")
+    evaluate.add_argument(
+        "--per-block-metrics",
+        default=",".join(PER_BLOCK_METRICS),
+        help="metrics also computed for DAAM's map after every block (default: the mask metrics, "
+        "perturbation_pos, insertion; empty for none)",
+    )
     evaluate.add_argument(
         "--first-object-only", action="store_true", help="explain only the first object of a scene"
     )
@@ -528,6 +534,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         summary = evaluate(
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),
             metrics=args.metrics.split(","), batch_size=args.batch_size, device=device, progress=progress,
+            per_block_metrics=[m for m in args.per_block_metrics.split(",") if m],
         )  # fmt: skip
         progress.close()
     except (ModelLoadError, ValueError, TypeError, NotImplementedError) as error:

@@ -50,6 +50,7 @@ METHODS = (
 MASK_METRICS = ("pointing_game", "energy", "pixel_accuracy", "miou", "ap")
 MODEL_METRICS = ("perturbation_pos", "perturbation_neg", "deletion", "insertion", "average_drop", "increase")
 METRICS = MASK_METRICS + MODEL_METRICS
+PER_BLOCK_METRICS = MASK_METRICS + ("perturbation_pos", "insertion")
 # direction of "better" for the summary table
 HIGHER_IS_BETTER = {m: True for m in METRICS} | {
     "perturbation_pos": False,
@@ -196,7 +197,7 @@ def evaluate(
     out: str | Path,
     methods: Sequence[str] = METHODS,
     metrics: Sequence[str] = METRICS,
-    per_block_metrics: Sequence[str] = MASK_METRICS + ("perturbation_pos", "insertion"),
+    per_block_metrics: Sequence[str] = PER_BLOCK_METRICS,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress=None,
@@ -204,7 +205,7 @@ def evaluate(
     """Run every method and metric over ``items``; append per-image records to ``out/records.jsonl``
     (skipping items already recorded) and return the summary (also written as results.*)."""
     unknown = [m for m in methods if m not in METHODS and not re.fullmatch(r"daam_from_\d+", m)]
-    unknown += [m for m in metrics if m not in METRICS]
+    unknown += [m for m in [*metrics, *per_block_metrics] if m not in METRICS]
     if unknown:
         raise ValueError(
             f"unknown methods/metrics {unknown}; methods: {', '.join(METHODS)}; metrics: {', '.join(METRICS)}"
