@@ -1,7 +1,7 @@
 """Make the README's pictures from the bundled demo ViT (no cherry-picking: scenes 0..3 of the
 test stream, seed 3, which the model never saw).
 
-    python scripts/make_readme_figures.py      # writes docs/flow.gif and docs/flow_strip.png
+    python scripts/make_readme_figures.py      # writes docs/flow.gif, docs/flow_strip.png, docs/figure.png
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from vitflow.data.scenes import CLASS_NAMES, generate_scene
 from vitflow.demo import load_demo_model
 from vitflow.files import write_bytes_atomic
 from vitflow.render import encode_gif, label_frame, overlay, to_uint8
+from vitflow.render.figure import flow_figure, save_figure
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -40,6 +41,10 @@ def main() -> None:
             ]
     DOCS.mkdir(exist_ok=True)
     write_bytes_atomic(DOCS / "flow.gif", encode_gif(frames, duration_ms=500))
+    first = scenes[0].image
+    fig = flow_figure(first, result.maps[0], result.block_maps[0], mode="global",
+                      title=f"demo ViT: {CLASS_NAMES[int(result.target[0])]} (held-out scene)")  # fmt: skip
+    save_figure(fig, DOCS / "figure", formats=("png",), dpi=110)
     strip = Image.fromarray(np.concatenate(rows, axis=0))
     strip = strip.resize((strip.width // 2, strip.height // 2), Image.Resampling.LANCZOS)
     strip.save(DOCS / "flow_strip.png", optimize=True)

@@ -197,13 +197,17 @@ def _object_mask(shape: str, centre: tuple[float, float], scale: float, angle: f
     return mask, u, v
 
 
-def _place(rng, size: int, diameter: float, taken: list[tuple[float, float, float]]) -> tuple[float, float]:
+def _place(
+    rng, size: int, diameter: float, taken: list[tuple[float, float, float]]
+) -> tuple[float, float] | None:
+    """A centre for a disc of ``diameter`` inside the image, clear of ``taken`` discs; ``None`` if
+    200 random tries find none."""
     radius = diameter / 2
     for _ in range(200):
         centre = tuple(rng.uniform(radius * 1.15, size - radius * 1.15, 2))
         if all(math.dist(centre, (x, y)) > (radius + r) * 1.1 for x, y, r in taken):
             return centre
-    raise RuntimeError("could not place objects without overlap; use a larger image")
+    return None
 
 
 def generate_scene(seed: int, index: int, size: int = 224, objects: int = 1) -> Scene:
@@ -227,12 +231,15 @@ def generate_scene(seed: int, index: int, size: int = 224, objects: int = 1) -> 
     for label in labels:
         _, shape, pattern = CLASSES[label]
         diameter = rng.uniform(low, high) * size
-        area = math.pi * (diameter / 2) ** 2
-        scale = math.sqrt(area / _UNIT_AREAS[shape])  # equal areas across shapes
-        # single-object scenes place by the scale alone (kept so that the demo model's training
-        # stream stays reproducible); two objects need the true extent so they never overlap
-        radius = scale if objects == 1 else scale * _EXTENTS[shape]
-        centre = _place(rng, size, 2 * radius, taken)
+        centre = None
+        while centre is None:
+            area = math.pi * (diameter / 2) ** 2
+            scale = math.sqrt(area / _UNIT_AREAS[shape])  # equal areas across shapes
+            # single-object scenes place by the scale alone (kept so that the demo model's training
+            # stream stays reproducible); two objects need the true extent so they never overlap
+            radius = scale if objects == 1 else scale * _EXTENTS[shape]
+            centre = _place(rng, size, 2 * radius, taken)
+            diameter *= 0.9  # no room left for the second object: try it a little smaller
         taken.append((*centre, radius))
         mask, u, v = _object_mask(shape, centre, scale, rng.uniform(0, 2 * math.pi), size)
         first, second = _contrasting_pair(rng)
