@@ -13,8 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from vitflow.data.folders import list_image_folder
-from vitflow.data.scenes import write_scenes
+from vitflow.data.folders import LabelledImages, list_image_folder
+from vitflow.data.scenes import CLASS_NAMES, write_scenes
 from vitflow.demo import BANK, load_demo_backbone
 from vitflow.targets.bank_build import build_bank
 
@@ -33,7 +33,9 @@ def main() -> None:
     model, preprocessing = load_demo_backbone()
     with tempfile.TemporaryDirectory() as tmp:
         write_scenes(tmp, args.n, seed=BANK_SEED)
-        images = list_image_folder(Path(tmp) / "images")
+        folders = list_image_folder(Path(tmp) / "images")  # classes in folder (alphabetical) order
+        labels = [CLASS_NAMES.index(folders.class_names[label]) for label in folders.labels]
+        images = LabelledImages(folders.paths, labels, list(CLASS_NAMES))  # the model's class order
         bank = build_bank(
             model, preprocessing, images, args.out, preprocessing_config=preprocessing.config, half=True,
             batch_size=100,

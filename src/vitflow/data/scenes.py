@@ -226,7 +226,7 @@ def generate_scene(seed: int, index: int, size: int = 224, objects: int = 1) -> 
     canvas = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     _draw_clutter(rng, canvas, size)
     image = np.asarray(canvas).astype(np.float64)
-    low, high = (0.30, 0.48) if objects == 1 else (0.18, 0.26)
+    low, high = (0.30, 0.48) if objects == 1 else (0.28, 0.36)
     masks, boxes, taken = [], [], []
     for label in labels:
         _, shape, pattern = CLASSES[label]
