@@ -80,7 +80,7 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 
 
 @contextmanager
-def _quiet_hub():
+def quiet_hub():
     """Keep the hub client's retry warnings off the console; the caller reports one line."""
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
@@ -117,7 +117,7 @@ def load_timm_model(name: str, checkpoint: str | os.PathLike | None = None, **kw
         load_state_dict_strict(model, state, f"checkpoint {checkpoint}")
         return model.eval()
     try:
-        with _quiet_hub():
+        with quiet_hub():
             model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

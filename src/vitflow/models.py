@@ -13,10 +13,10 @@ from torch import nn
 from vitflow.data.preprocess import Preprocessing
 from vitflow.loading import (
     ModelLoadError,
-    _quiet_hub,
     class_names,
     load_state_dict_strict,
     load_timm_model,
+    quiet_hub,
     read_state_dict,
 )
 
@@ -69,7 +69,7 @@ def _hf(name, checkpoint, headless, texts):
         )
     hint = "download the model with its config into a directory and pass hf:DIRECTORY"
     try:
-        with _quiet_hub():
+        with quiet_hub():
             config = transformers.AutoConfig.from_pretrained(name)
             architectures = config.architectures or []
             if config.model_type == "clip":
@@ -110,7 +110,7 @@ def _torchvision(name, checkpoint, headless, texts):
     else:
         try:
             weights = torchvision.models.get_model_weights(name).DEFAULT
-            with _quiet_hub():
+            with quiet_hub():
                 model = builder(weights=weights)
         except Exception as error:
             raise _offline(f"torchvision:{name}", error, "pass --checkpoint FILE with the weights") from None
@@ -140,7 +140,7 @@ def _open_clip(name, checkpoint, headless, texts):
         raise ModelLoadError("open_clip: models need open_clip: pip install open_clip_torch") from None
     architecture, _, pretrained = name.partition("/")
     try:
-        with _quiet_hub():
+        with quiet_hub():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 architecture, pretrained=None if checkpoint else (pretrained or None)
             )
