@@ -30,6 +30,7 @@ from vitflow.baselines import (
     raw_attention,
     trace_attention,
 )
+from vitflow.core.daam import accumulate
 from vitflow.data.images import load_image
 from vitflow.data.preprocess import Preprocessing
 from vitflow.engine import DAAM
@@ -124,18 +125,19 @@ def explain_all(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods
     """Maps of every method for a batch: ``(B, h, w)`` (or ``(B, H, W)``), plus ``"daam_blocks"``
     ``(B, L, h, w)`` (the accumulated map after each block) when DAAM is among them."""
     maps: dict[str, torch.Tensor] = {}
-    if {"daam", "daam_last_block"} & set(methods):
+    variants = [m for m in methods if m.startswith("daam")]
+    if variants:
+        # every DAAM variant differs only in how the same block maps are accumulated: one pass
         with DAAM(model) as daam:
             result = daam(x, target=target)
         maps["daam"], maps["daam_last_block"] = result.final, result.block_maps[:, -1]
         maps["daam_blocks"] = result.maps
-    if "daam_block_norm" in methods:
-        with DAAM(model, normalize_blocks=True) as daam:
-            maps["daam_block_norm"] = daam(x, target=target).final
-    for name in methods:
-        if name.startswith("daam_from_"):  # accumulation from a chosen block: daam_from_4
-            with DAAM(model, start_block=int(name.removeprefix("daam_from_"))) as daam:
-                maps[name] = daam(x, target=target).final
+        if "daam_block_norm" in methods:
+            maps["daam_block_norm"] = accumulate(result.block_maps, normalize_blocks=True)[:, -1]
+        for name in variants:
+            if name.startswith("daam_from_"):  # accumulation from a chosen block: daam_from_4
+                start_block = int(name.removeprefix("daam_from_"))
+                maps[name] = accumulate(result.block_maps, start_block=start_block)[:, -1]
     attention_methods = {
         "raw_attention",
         "rollout",
