@@ -2,6 +2,7 @@
 
     python benchmarks/bank.py                      # 1.28M x 768 float16 bank, batch 8 queries
     python benchmarks/bank.py --entries 200000     # smaller
+    python benchmarks/bank.py --device cuda        # build and query on a GPU (the bank is copied there once)
 
 Build: the demo ViT's backbone on procedural scenes written to a temporary folder (files read,
 decoded and preprocessed as a user's dataset would be). Query: a random unit-norm bank of
@@ -44,21 +45,42 @@ def random_bank(entries: int, dim: int, classes: int = 1000) -> MemoryBank:
     return MemoryBank(features, labels, [f"class {i}" for i in range(classes)], {"model": "random"})
 
 
-def bench_build(images: int, batch: int) -> float:
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_build(images: int, batch: int, device: str) -> float:
     model, preprocessing = load_demo_model()
     model.reset_classifier(0)
+    model.to(device)
     with tempfile.TemporaryDirectory() as tmp:
         cli(["scenes", "--out", f"{tmp}/scenes", "--n", str(images), "--seed", "5"])
         listed = list_image_folder(f"{tmp}/scenes/images")
         start = time.perf_counter()
-        build_bank(model, preprocessing, listed, f"{tmp}/b.bank", batch_size=batch, progress=False)
+        build_bank(
+            model, preprocessing, listed, f"{tmp}/b.bank", batch_size=batch, progress=False, device=device
+        )
         return images / (time.perf_counter() - start)
 
 
-def bench_query(bank: MemoryBank, batch: int, repeats: int, chunk: int) -> tuple[float, int]:
+def bench_query(bank: MemoryBank, batch: int, repeats: int, chunk: int, device: str) -> tuple[float, int]:
+    """Median seconds per batch and the peak memory growth during the queries (GPU memory on a GPU,
+    resident memory on the CPU), the bank itself not counted."""
     target = KNNTarget(bank, k=20, temperature=0.07, chunk_size=chunk)
-    queries = torch.randn(batch, bank.dim)
-    target(queries)  # warm-up
+    queries = torch.randn(batch, bank.dim, device=device)
+    target(queries)  # warm-up (on a GPU this copies the bank there)
+    sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            target(queries)
+            sync(device)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times), torch.cuda.max_memory_allocated() - base
     before, samples, done = rss(), [], threading.Event()
 
     def sample():
@@ -88,14 +110,16 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=65536)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--build-images", type=int, default=512)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
 
-    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    rate = bench_build(args.build_images, batch=64)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"{where}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    rate = bench_build(args.build_images, batch=64, device=args.device)
     print(f"build: demo ViT backbone (96 px), {args.build_images} scene files: {rate:.1f} images/s")
     bank = random_bank(args.entries, args.dim)
     size = bank.features.numel() * bank.features.element_size()
-    seconds, peak = bench_query(bank, args.batch, args.repeats, args.chunk)
+    seconds, peak = bench_query(bank, args.batch, args.repeats, args.chunk, args.device)
     print(f"query: bank {args.entries} x {args.dim} float16 ({size / 2**30:.2f} GiB), batch {args.batch}, "
           f"chunk {args.chunk}: {seconds:.3f} s per batch = {args.batch / seconds:.1f} queries/s; "
           f"peak memory during queries +{peak / 2**20:.0f} MiB")  # fmt: skip

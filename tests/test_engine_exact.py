@@ -134,3 +134,30 @@ def test_start_block_accumulates_from_the_chosen_block_on():
         pytest.raises(ValueError, match="start_block must be between 1 and 12"),
     ):
         daam(x)
+
+
+def _correlation(a, b):
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def test_bfloat16_model_and_autocast_give_float32_maps_close_to_float64_reference():
+    torch.manual_seed(0)
+    model = make_timm("deit_small_patch16_224")
+    x = torch.randn(2, 3, 64, 64)
+    ref = reference_daam(model, x)
+    half = make_timm("deit_small_patch16_224")
+    half.load_state_dict(model.state_dict())
+    half = half.bfloat16()
+    with DAAM(half) as daam:
+        cast = daam(x.bfloat16(), ref.target)  # the reference's classes: bf16 logits may rank others first
+    with torch.autocast("cpu", dtype=torch.bfloat16), DAAM(model) as daam:
+        auto = daam(x, ref.target)
+    for result in (cast, auto):
+        # maps are accumulated in float32 whatever the model's precision
+        assert result.block_maps.dtype == torch.float32 and result.maps.dtype == torch.float32
+        # bfloat16 keeps 8 bits of mantissa: a few percent, not more (float32 gives ~1e-6)
+        assert relative_error(result.block_maps.double(), ref.block_maps) <= 5e-2
+        assert (_correlation(result.maps[:, -1], ref.block_maps.sum(1)) >= 0.99).all()
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())

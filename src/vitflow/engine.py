@@ -138,7 +138,8 @@ class DAAM:
                 output = self.model(x)
                 logits = self.adapter.logits(output)
                 scored = explained(logits)
-                self._check_records(x.shape[0])
+                with torch.autocast(x.device.type, enabled=False):  # checked in >= float32
+                    self._check_records(x.shape[0])
                 origin = self._records[0].output
                 torch.autograd.grad(scored.scores.sum(), [origin])
             rho = self.rho or explained.rho
@@ -185,7 +186,8 @@ class DAAM:
         prefix = self.adapter.prefix_tokens()
         grid = self.adapter.grid((x.shape[-2], x.shape[-1]))
         relevance = []
-        with torch.no_grad():
+        # Maps are made in at least float32, also when the caller runs the model under autocast.
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             for record in self._records:
                 if record.coefficients is None:
                     raise DecompositionError(
