@@ -5,6 +5,7 @@ references in test_engine_exact / test_families) for the other families."""
 
 import contextlib
 import copy
+import json
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from reference_families import perturb
 
 from vitflow import DAAM
 from vitflow.baselines import attention_rollout, generic_attention, trace_attention
+from vitflow.cli import main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -142,3 +144,22 @@ def test_baselines_on_cuda_match_float64_cpu():
         error = relative_error(method(gpu).double().cpu(), method(cpu))
         print(f"{method.__name__} float32 CUDA vs float64 CPU: {error:.2e}")
         assert error <= 1e-4
+
+
+def test_evaluate_on_cuda_agrees_with_cpu(tmp_path):
+    """Every method and metric of `vitflow evaluate` with the bundled demo ViT on the GPU: the same
+    per-image scores as on the CPU (rank-based metrics can flip on near-ties, so a loose bound)."""
+    scenes = str(tmp_path / "scenes")
+    assert main(["scenes", "--out", scenes, "--n", "3", "--seed", "1", "--objects", "2"]) == 0
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        assert main(["evaluate", "--data", scenes, "--out", str(out), "--device", device,
+                     "--quiet"]) == 0  # fmt: skip
+        runs[device] = json.loads((out / "results.json").read_text())
+    cpu, gpu = runs["cpu"]["methods"], runs["cuda"]["methods"]
+    assert set(cpu) == set(gpu) and len(cpu) >= 8
+    for method, scores in cpu.items():
+        for metric, value in scores.items():
+            print(f"{method} {metric}: cpu {value:.4f} cuda {gpu[method][metric]:.4f}")
+            assert abs(gpu[method][metric] - value) <= 0.05 * max(1.0, abs(value)), (method, metric)

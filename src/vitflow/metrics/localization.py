@@ -56,11 +56,11 @@ def _average_precision(scores: torch.Tensor, positives: torch.Tensor) -> torch.T
         tp_at, n_at = tp[last], torch.nonzero(last)[:, 0].double() + 1
         total = p.sum()
         if total == 0:
-            out.append(torch.tensor(float("nan"), dtype=torch.float64))
+            out.append(torch.tensor(float("nan"), dtype=torch.float64, device=score.device))
             continue
         recall = tp_at / total
         precision = tp_at / n_at
-        recall_steps = torch.diff(recall, prepend=torch.zeros(1, dtype=torch.float64))
+        recall_steps = torch.diff(recall, prepend=recall.new_zeros(1))
         out.append((recall_steps * precision).sum())
     return torch.stack(out)
 
