@@ -106,7 +106,7 @@ class BlockRecord:
         if self.attn_row is not None:
             raise RecordError(f"block {self.index} ran twice in one forward pass")
         # At least float32 and outside any autocast the caller runs the model in: the row is what
-        # the maps are made of, and a bfloat16 softmax over N tokens would cost 2-3 digits.
+        # the maps are made of, so they come out in float32 whatever precision the model runs in.
         with torch.no_grad(), torch.autocast(k.device.type, enabled=False):
             work = torch.promote_types(k.dtype, torch.float32)
             self.attn_row = class_attention_row(self.q_cls.to(work), k.to(work), self.scale)
