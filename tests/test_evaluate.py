@@ -30,7 +30,15 @@ def test_evaluate_writes_results_and_resumes(tmp_path, capsys):
     assert set(first["scores"]) == {"daam", "daam_from_3", "rollout", "generic_attention"}
     assert set(first["scores"]["daam"]) == {"pointing_game", "energy", "ap", "perturbation_pos"}
     assert len(first["daam_per_block"]) == 6  # test_vit has 6 blocks
-    assert main(args) == 0  # resumes: only the two remaining objects are added
+    assert main([*args, "--sanity", "2"]) == 0  # resumes: only the two remaining objects are added
+    sanity = json.loads((tmp_path / "eval" / "sanity.json").read_text())
+    correlations = sanity["spearman_after_top_k_randomised"]
+    assert sanity["items"] == 2
+    assert set(correlations) == {"daam", "daam_from_3", "rollout", "generic_attention"}
+    for method, values in correlations.items():
+        assert len(values) == 6 and all(-1 <= v <= 1 for v in values), method
+        assert values[-1] < 0.9, method  # all blocks re-initialised: maps no longer follow the trained model
+    assert (tmp_path / "eval" / "sanity.md").read_text().startswith("| method | top 1 |")
     records = (tmp_path / "eval" / "records.jsonl").read_text().splitlines()
     assert len(records) == 4 and len({json.loads(r)["item"] for r in records}) == 4
     summary = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -82,3 +90,23 @@ def test_masks_follow_the_model_crop():
     moved = _mask_at(mask, preprocessing)
     assert moved.shape == (64, 64)
     assert moved[:, :30].all() and not moved[:, 34:].any()  # still the left half after the crop
+
+
+def test_transformer_blocks_are_found_in_every_family():
+    import transformers
+    from models import make_timm
+    from reference_families import perturb
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from vitflow.evaluation import transformer_blocks
+
+    timm_model = make_timm("vit_tiny_patch16_224")
+    assert transformer_blocks(timm_model) == list(timm_model.blocks)
+    config = transformers.ViTConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                                    intermediate_size=96, image_size=32, patch_size=8)  # fmt: skip
+    hf = perturb(transformers.ViTForImageClassification(config))
+    assert transformer_blocks(hf) == list(hf.vit.layers)  # transformers 5 (4.x: vit.encoder.layer)
+    tv = VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=4, hidden_dim=48, mlp_dim=96)
+    assert transformer_blocks(tv) == list(tv.encoder.layers)
+    cait = timm.create_model("cait_xxs24_224", pretrained=False, img_size=32, depth=2)
+    assert transformer_blocks(cait) == list(cait.blocks_token_only)  # the blocks with a [class] row

@@ -138,6 +138,11 @@ def test_spearman_and_cascading_randomization():
 
     correlations = cascading_randomization(model, explain, lambda m: m.blocks)
     assert correlations.shape == (12, 3)
+    # several methods on the same randomised copies: a dict of maps gives a dict of rows
+    both = cascading_randomization(
+        model, lambda m: {"daam": explain(m), "twice": 2 * explain(m)}, lambda m: m.blocks
+    )
+    assert torch.allclose(both["daam"], correlations) and torch.allclose(both["twice"], correlations)
     assert correlations[-1].mean() < 0.5  # every block random: the map no longer follows the model
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the model is untouched
 

@@ -221,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=32, help="images per batch (default 32)"
     )
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
+    evaluate.add_argument(
+        "--sanity", type=int, default=0, metavar="N",
+        help="also run the cascading-randomisation sanity check (Adebayo et al.) for every method on "
+        "the first N items: OUT/sanity.json, OUT/sanity.md",
+    )  # fmt: skip
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -522,7 +527,7 @@ def _bank_info(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from vitflow.evaluation import evaluate, read_items
+    from vitflow.evaluation import evaluate, read_items, sanity_check
     from vitflow.loading import ModelLoadError
     from vitflow.progress import Progress
 
@@ -537,6 +542,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             per_block_metrics=[m for m in args.per_block_metrics.split(",") if m],
         )  # fmt: skip
         progress.close()
+        if args.sanity > 0:
+            sanity_check(
+                loaded.model, loaded.preprocessing, items[: args.sanity], args.out,
+                methods=args.methods.split(","), batch_size=args.batch_size, device=device,
+            )  # fmt: skip
     except (ModelLoadError, ValueError, TypeError, NotImplementedError) as error:
         _error(str(error))
         return EXIT_USAGE
@@ -545,6 +555,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{args.out}/results.md"
     )
     print((Path(args.out) / "results.md").read_text(), end="")
+    if args.sanity > 0:
+        print(
+            f"sanity check on {min(args.sanity, len(items))} items: rank correlation with the trained "
+            "model's maps after re-initialising the top k blocks (lower: the map depends on the weights)"
+        )
+        print((Path(args.out) / "sanity.md").read_text(), end="")
     return EXIT_OK
 
 

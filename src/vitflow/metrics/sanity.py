@@ -24,30 +24,31 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def cascading_randomization(
     model: nn.Module,
-    explain: Callable[[nn.Module], torch.Tensor],
+    explain: Callable[[nn.Module], torch.Tensor | dict[str, torch.Tensor]],
     blocks: Callable[[nn.Module], Sequence[nn.Module]],
     seed: int = 0,
     std: float = 0.02,
-) -> torch.Tensor:
+) -> torch.Tensor | dict[str, torch.Tensor]:
     """Rank correlation between the original maps and the maps after re-initialising the top
     ``k`` blocks, ``k = 1..L`` (cumulative, from the last block down).
 
     Args:
         model: the model (left untouched: a copy is randomised).
-        explain: ``explain(model) -> (B, h, w)`` maps of a fixed batch for a fixed target.
+        explain: ``explain(model) -> (B, h, w)`` maps of a fixed batch for a fixed target, or a
+            dict of such maps (several methods compared on the same randomised models).
         blocks: ``blocks(model) -> [block_1, ..., block_L]`` of a model (e.g. ``lambda m: m.blocks``).
         std: standard deviation of the new normal weights (norm layers get weight 1, bias 0).
 
     Returns:
-        ``(L, B)``: row ``k - 1`` after randomising the top ``k`` blocks.
+        ``(L, B)``: row ``k - 1`` after randomising the top ``k`` blocks; a dict of those when
+        ``explain`` returns a dict.
     """
     original = explain(model)
     randomized = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
-    layers = list(blocks(randomized))
     rows = []
-    with torch.no_grad():
-        for block in reversed(layers):
+    for block in reversed(list(blocks(randomized))):
+        with torch.no_grad():
             for name, p in block.named_parameters():
                 if "norm" in name and name.endswith("weight"):
                     p.fill_(1.0)
@@ -55,5 +56,11 @@ def cascading_randomization(
                     p.zero_()
                 else:
                     p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
-            rows.append(spearman(original, explain(randomized)))
+        maps = explain(randomized)  # outside no_grad: gradient methods need autograd
+        if isinstance(original, dict):
+            rows.append({name: spearman(original[name], maps[name]) for name in original})
+        else:
+            rows.append(spearman(original, maps))
+    if isinstance(original, dict):
+        return {name: torch.stack([row[name] for row in rows]) for name in original}
     return torch.stack(rows)
