@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     evaluate.add_argument(
-        "--sanity", type=int, default=0, metavar="N",
+        "--sanity", type=_positive_int, default=0, metavar="N",
         help="also run the cascading-randomisation sanity check (Adebayo et al.) for every method on "
         "the first N items: OUT/sanity.json, OUT/sanity.md",
     )  # fmt: skip
@@ -542,7 +542,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             per_block_metrics=[m for m in args.per_block_metrics.split(",") if m],
         )  # fmt: skip
         progress.close()
-        if args.sanity > 0:
+        if args.sanity:
             sanity_check(
                 loaded.model, loaded.preprocessing, items[: args.sanity], args.out,
                 methods=args.methods.split(","), batch_size=args.batch_size, device=device,
@@ -555,7 +555,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{args.out}/results.md"
     )
     print((Path(args.out) / "results.md").read_text(), end="")
-    if args.sanity > 0:
+    if args.sanity:
         print(
             f"sanity check on {min(args.sanity, len(items))} items: rank correlation with the trained "
             "model's maps after re-initialising the top k blocks (lower: the map depends on the weights)"

@@ -122,6 +122,12 @@ def _mask_at(mask: np.ndarray, preprocess) -> torch.Tensor:
     return torch.from_numpy(preprocess.to_image(preprocess(picture))[..., 0] > 127)
 
 
+def _inputs(batch: Sequence[Item], preprocess: Preprocessing, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The preprocessed images and their target classes, on ``device``."""
+    x = torch.stack([preprocess(load_image(item.path)) for item in batch]).to(device)
+    return x, torch.tensor([item.target for item in batch], device=device)
+
+
 def explain_all(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: Sequence[str]) -> dict:
     """Maps of every method for a batch: ``(B, h, w)`` (or ``(B, H, W)``), plus ``"daam_blocks"``
     ``(B, L, h, w)`` (the accumulated map after each block) when DAAM is among them."""
@@ -226,8 +232,7 @@ def evaluate(
     model = model.eval().to(device)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        x = torch.stack([preprocess(load_image(item.path)) for item in batch]).to(device)
-        target = torch.tensor([item.target for item in batch], device=device)
+        x, target = _inputs(batch, preprocess, device)
         masks = None
         if all(item.mask is not None for item in batch):
             masks = torch.stack([_mask_at(item.mask, preprocess) for item in batch]).to(device)
@@ -258,10 +263,9 @@ def evaluate(
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's transformer blocks in order, whatever the family: the ``ModuleList`` (or
-    ``Sequential``) whose i-th
-    entry contains the i-th attention site the adapter explains (for CaiT: its class-attention
-    blocks)."""
+    """The model's transformer blocks in order, whatever the family: the ``ModuleList`` or
+    ``Sequential`` whose i-th entry contains the i-th attention site the adapter explains (for
+    CaiT: its class-attention blocks)."""
     attentions = [site.module for site in resolve_adapter(model).sites()]
     for candidate in model.modules():
         if isinstance(candidate, (nn.ModuleList, nn.Sequential)) and len(candidate) == len(attentions):
@@ -293,9 +297,7 @@ def sanity_check(
     model = model.eval().to(device)
     sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        x = torch.stack([preprocess(load_image(item.path)) for item in batch]).to(device)
-        target = torch.tensor([item.target for item in batch], device=device)
+        x, target = _inputs(items[start : start + batch_size], preprocess, device)
 
         def explain(m: nn.Module, x=x, target=target) -> dict[str, torch.Tensor]:
             maps = explain_all(m, x, target, methods)
