@@ -368,13 +368,14 @@ def _plot_curves(curves: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(7.2, 3.6), constrained_layout=True)
     for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        arrow = "↑" if HIGHER_IS_BETTER.get(name, True) else "↓"  # which way is better
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{name} {arrow}")
     ax.set_xlabel("block (accumulated DAAM map after it)")
     ax.set_ylabel("score")
     ax.set_title("DAAM quality block by block")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # never over a curve
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)
     plt.close(fig)
