@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 from models import make_timm
-from reference import reference_daam, relative_error
+from reference import correlation, reference_daam, relative_error
 from reference_families import perturb
 
 from vitflow import DAAM
@@ -31,12 +31,6 @@ def exact_float32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-
-
-def correlation(a, b):
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
 @pytest.fixture(scope="module")

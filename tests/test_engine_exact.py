@@ -3,7 +3,7 @@
 import pytest
 import torch
 from models import make_timm
-from reference import reference_daam, relative_error
+from reference import correlation, reference_daam, relative_error
 
 from vitflow import DAAM
 
@@ -136,12 +136,6 @@ def test_start_block_accumulates_from_the_chosen_block_on():
         daam(x)
 
 
-def _correlation(a, b):
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
-
-
 def test_bfloat16_model_and_autocast_give_float32_maps_close_to_float64_reference():
     torch.manual_seed(0)
     model = make_timm("deit_small_patch16_224")
@@ -159,5 +153,5 @@ def test_bfloat16_model_and_autocast_give_float32_maps_close_to_float64_referenc
         assert result.block_maps.dtype == torch.float32 and result.maps.dtype == torch.float32
         # bfloat16 keeps 8 bits of mantissa: a few percent, not more (float32 gives ~1e-6)
         assert relative_error(result.block_maps.double(), ref.block_maps) <= 5e-2
-        assert (_correlation(result.maps[:, -1], ref.block_maps.sum(1)) >= 0.99).all()
+        assert (correlation(result.maps[:, -1], ref.block_maps.sum(1)) >= 0.99).all()
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())

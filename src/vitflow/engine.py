@@ -172,7 +172,7 @@ class DAAM:
                 )
             target = model_output.to(work)
             error = (rebuilt - target).abs().amax(dim=1) / target.abs().amax(dim=1).clamp_min(1e-12)
-            errors.append(error.max().double())
+            errors.append(error.max())
         # one device-to-host copy for all blocks (a sync per block costs more than the check on a GPU)
         for record, worst in zip(self._records, torch.stack(errors).tolist(), strict=True):
             tolerance = _IDENTITY_TOLERANCE.get(record.v.dtype, 1e-3)
