@@ -133,7 +133,7 @@ def test_baselines_on_cuda_match_float64_cpu():
     x = torch.randn(2, 3, 64, 64)
     cpu = trace_attention(copy.deepcopy(model).double(), x.double())
     with exact_float32():
-        gpu = trace_attention(model.cuda(), x.cuda(), cpu.labels.cuda())
+        gpu = trace_attention(model.cuda(), x.cuda(), cpu.target.cuda())
     for method in (generic_attention, attention_rollout):
         error = relative_error(method(gpu).double().cpu(), method(cpu))
         print(f"{method.__name__} float32 CUDA vs float64 CPU: {error:.2e}")

@@ -53,7 +53,7 @@ def test_weights_match_float64_reference_on_random_banks():
         predicted, w = reference_weights(
             queries[i].numpy(), bank.features.numpy(), bank.labels.numpy(), 20, 0.07
         )
-        assert int(scored.labels[i]) == predicted
+        assert int(scored.target[i]) == predicted
         np.testing.assert_allclose(scored.weights[i].numpy(), w, rtol=1e-5, atol=1e-6)
         assert float(scored.scores[i]) == pytest.approx(float(np.dot(w, queries[i].numpy())), rel=1e-5)
     assert torch.allclose(scored.probabilities.sum(1), torch.ones(6, dtype=scored.probabilities.dtype))
@@ -64,7 +64,7 @@ def test_tied_votes_go_to_the_lower_class():
     # the first two are equally similar to e0; the others (far away) fill classes 0 and 2
     bank = make_bank(torch.stack([e[0] + e[1], e[0] + e[2], -e[0], e[3] - e[0]]), [3, 1, 0, 2], 4)
     scored = KNNTarget(bank, k=2)(e[0][None] * 2.5)
-    assert int(scored.labels[0]) == 1
+    assert int(scored.target[0]) == 1
     predicted, w = reference_weights(e[0].numpy() * 2.5, bank.features.numpy(), bank.labels.numpy(), 2, 0.07)
     assert predicted == 1
     np.testing.assert_allclose(scored.weights[0].numpy(), w, atol=1e-7)
@@ -272,4 +272,4 @@ def test_bank_moves_to_a_cuda_device_with_room_and_gives_the_same_weights():
     on_gpu = target(queries.cuda())
     assert target.bank.features.is_cuda
     torch.testing.assert_close(on_gpu.weights.cpu(), on_cpu.weights, rtol=1e-4, atol=1e-5)
-    assert torch.equal(on_gpu.labels.cpu(), on_cpu.labels)
+    assert torch.equal(on_gpu.target.cpu(), on_cpu.target)

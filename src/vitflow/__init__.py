@@ -17,7 +17,7 @@ from vitflow.targets import (
     Target,
 )
 
-__version__ = "0.1.0"
+from vitflow.version import __version__
 
 __all__ = [
     "DAAM",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vitflow import __version__
+from vitflow.version import __version__
 from vitflow.evaluation import METHODS, METRICS, PER_BLOCK_METRICS
 from vitflow.render import MODES
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitflow import __version__
+from vitflow.version import __version__
 from vitflow.data.folders import LabelledImages
 from vitflow.data.images import ImageLoadError, load_image
 from vitflow.files import write_json_atomic

@@ -20,13 +20,13 @@ from vitflow.core.daam import Rho
 @dataclass(frozen=True)
 class TargetScores:
     """``scores`` ``(B,)``: the explained ``Y`` per image (its gradient gives the coefficients);
-    ``labels`` ``(B,)``: the explained class, ``-1`` where there is none; ``weights`` ``(B, D)``:
+    ``target`` ``(B,)``: the explained class, ``-1`` where there is none; ``weights`` ``(B, D)``:
     the dimension-wise feature weights ``w`` for feature targets, else ``None``;
     ``probabilities`` ``(B, C)``: class probabilities when the target defines its own (k-NN votes),
     else ``None`` (a classifier's softmax)."""
 
     scores: torch.Tensor
-    labels: torch.Tensor
+    target: torch.Tensor
     weights: torch.Tensor | None = None
     probabilities: torch.Tensor | None = None
 

@@ -27,7 +27,7 @@ class ClassTarget:
             )
         self.classes = classes
 
-    def labels(self, output: torch.Tensor) -> torch.Tensor:
+    def resolve(self, output: torch.Tensor) -> torch.Tensor:
         """``(B,)`` int64 class per image on ``output``'s device, validated against ``output``."""
         batch, num_classes = output.shape
         if self.classes is None:
@@ -61,5 +61,5 @@ class ClassTarget:
         return labels
 
     def __call__(self, output: torch.Tensor) -> TargetScores:
-        labels = self.labels(output)
+        labels = self.resolve(output)
         return TargetScores(output.gather(1, labels[:, None]).squeeze(1), labels)

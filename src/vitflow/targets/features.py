@@ -98,7 +98,7 @@ class SimilarityTarget:
         _check_features(output, self.embeddings.shape[1], "SimilarityTarget")
         refs = self.embeddings.to(device=output.device, dtype=output.dtype)
         similarities = F.normalize(output, dim=1) @ refs.T  # b t
-        labels = ClassTarget(self.index).labels(similarities)
+        labels = ClassTarget(self.index).resolve(similarities)
         scores = similarities.gather(1, labels[:, None])[:, 0]
         probabilities = (self.logit_scale * similarities.detach()).softmax(dim=1)
         return TargetScores(scores, labels, probabilities=probabilities)
