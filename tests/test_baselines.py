@@ -106,7 +106,7 @@ def test_gradcam_on_tokens_matches_pytorch_grad_cam():
     def reshape_transform(tensor):  # the correct transform for 1 prefix token on a 4x4 grid
         return tensor[:, 1:].reshape(tensor.shape[0], 4, 4, tensor.shape[2]).permute(0, 3, 1, 2)
 
-    ours = gradcam_tokens(model, x, target, model.blocks[-1].norm1, prefix_tokens=1, grid=(4, 4))
+    ours = gradcam_tokens(model, x, target, model.blocks[-1].norm1)
     layer = model.blocks[-1].norm1
     targets = [ClassifierOutputTarget(int(t)) for t in target]
     with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape_transform) as cam:

@@ -98,7 +98,10 @@ def test_transformer_blocks_are_found_in_every_family():
     from reference_families import perturb
     from torchvision.models.vision_transformer import VisionTransformer
 
-    from vitflow.evaluation import transformer_blocks
+    from vitflow.adapters import resolve_adapter
+
+    def transformer_blocks(model):
+        return list(resolve_adapter(model).blocks())
 
     timm_model = make_timm("vit_tiny_patch16_224")
     assert transformer_blocks(timm_model) == list(timm_model.blocks)

@@ -16,7 +16,6 @@ from vitflow.targets import (
     SimilarityTarget,
     Target,
 )
-
 from vitflow.version import __version__
 
 __all__ = [

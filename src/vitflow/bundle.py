@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitflow.version import __version__
 from vitflow.files import write_bytes_atomic, write_json_atomic
 from vitflow.render import encode_gif, label_frame, overlay, to_uint8, viewer_html
 from vitflow.render.figure import flow_figure, save_figure
 from vitflow.render.video import write_mp4
 from vitflow.result import DAAMResult
+from vitflow.version import __version__
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,8 @@ class Capture:
         self.model_name = type(self.model).__name__
         sites = self.adapter.sites()
         if not sites:
-            raise ValueError(f"{self.model_name}: the {self.adapter.family} adapter found no attention blocks")
+            family = self.adapter.family
+            raise ValueError(f"{self.model_name}: the {family} adapter found no attention blocks")
         self.records = [record_type(index=i, scale=site.scale) for i, site in enumerate(sites)]
         self._handles: list = []
         try:
@@ -121,7 +122,9 @@ class Capture:
             raise RuntimeError("this capture is closed; create a new one to explain more images")
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be a (B, C, H, W) tensor, got {shape}; add a batch dimension with x[None]")
+            raise ValueError(
+                f"x must be a (B, C, H, W) tensor, got {shape}; add a batch dimension with x[None]"
+            )
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "explaining needs autograd for one backward pass; call it outside torch.inference_mode()"

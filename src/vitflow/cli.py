@@ -7,15 +7,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vitflow.version import __version__
-from vitflow.evaluation import METHODS, METRICS, PER_BLOCK_METRICS
+from vitflow.data.images import MAX_PIXELS
+from vitflow.evaluation import default_per_block_metrics, method_names, metric_names
+from vitflow.models import model_prefixes
 from vitflow.render import MODES
+from vitflow.version import __version__
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -79,7 +84,31 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write viewer.html per image (self-contained) and OUT/index.html",
     )
+    parser.add_argument(
+        "--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
+        help=f"refuse images with more pixels (a guard against decompression bombs; default {MAX_PIXELS:,})",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_model_options(parser: argparse.ArgumentParser, default: str) -> None:
+    prefixes = ", ".join(f"{p}:" for p in model_prefixes())
+    parser.add_argument(
+        "--model",
+        help=f"a model: plain NAME (timm) or one of the prefixes {prefixes}, e.g. deit_small_patch16_224, "
+        "hf:google/vit-base-patch16-224, torchvision:vit_b_16, open_clip:ViT-B-32/openai "
+        f"(default: {default})",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="weights (.safetensors, or .pth/.pt read with weights_only=True); default: download pretrained",
+    )
+    parser.add_argument(
+        "--img-size", type=_positive_int, metavar="PX",
+        help="input size of a timm or torchvision model (default: read from the checkpoint's position "
+        "embedding, else the architecture's)",
+    )  # fmt: skip
 
 
 _BUNDLE_FILES = (
@@ -105,25 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain images with a ViT and write overlays, a GIF of the attention flow and a manifest",
         description=f"Explain each IMAGE with DAAM. For every image, {_BUNDLE_FILES}",
     )
-    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     explain.add_argument(
-        "--model",
-        help="timm:NAME (or plain NAME), hf:NAME_OR_PATH, torchvision:NAME or open_clip:NAME[/PRETRAINED], "
-        "e.g. deit_small_patch16_224, hf:google/vit-base-patch16-224, torchvision:vit_b_16, "
-        "open_clip:ViT-B-32/openai (default: the bundled demo ViT, trained on vitflow's synthetic scenes "
-        "only)",
-    )
+        "images", nargs="+", metavar="IMAGE",
+        help="image files (any format Pillow reads) and folders (walked for images)",
+    )  # fmt: skip
+    _add_model_options(explain, "the bundled demo ViT, trained on vitflow's synthetic scenes only")
     explain.add_argument(
         "--text",
         action="append",
         metavar="PROMPT",
         help="open_clip models: a text to compare the image with (repeat for several; the most similar is "
         "explained unless --target picks one by position)",
-    )
-    explain.add_argument(
-        "--checkpoint",
-        metavar="FILE",
-        help="weights (.safetensors, or .pth/.pt read with weights_only=True); default: download pretrained",
     )
     explain.add_argument(
         "--target",
@@ -163,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the self-supervised mode, method.md section 5) instead of its classifier",
     )
     _add_render_options(demo)
-    demo.set_defaults(handler=_demo, target=None, bank=None)
+    demo.set_defaults(handler=_demo, target=None, bank=None, text=None, img_size=None)
 
     scenes = commands.add_parser(
         "scenes",
@@ -194,8 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(mask-free metrics only). Writes OUT/records.jsonl (per image; a rerun resumes), results.json, "
         "results.csv, results.md and per_block.png (DAAM's metrics after each block).",
     )
-    evaluate.add_argument("--model", help="as for explain (default: the bundled demo ViT)")
-    evaluate.add_argument("--checkpoint", metavar="FILE", help="weights for --model")
+    _add_model_options(evaluate, "the bundled demo ViT")
+    evaluate.add_argument(
+        "--text", action="append", metavar="PROMPT",
+        help="open_clip models: one text per class, in class order (default: 'a photo of a CLASS')",
+    )  # fmt: skip
     evaluate.add_argument("--data", required=True, help="scenes folder (with boxes.json) or ImageFolder tree")
     evaluate.add_argument(
         "--boxes", metavar="DIR", help="ILSVRC box annotations (DIR/<image stem>.xml) as masks"
@@ -203,13 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.add_argument(
         "--methods",
-        default=",".join(METHODS),
-        help="comma-separated (default: all); also daam_from_K: DAAM accumulated from block K on",
+        default=",".join(method_names()),
+        help=f"comma-separated, from {', '.join(method_names())} and daam_from_K (DAAM accumulated from "
+        "block K on) (default: all)",
     )
-    evaluate.add_argument("--metrics", default=",".join(METRICS), help="comma-separated (default: all)")
+    evaluate.add_argument(
+        "--metrics", default=",".join(metric_names()),
+        help=f"comma-separated, from {', '.join(metric_names())} (default: all)",
+    )  # fmt: skip
     evaluate.add_argument(
         "--per-block-metrics",
-        default=",".join(PER_BLOCK_METRICS),
+        default=",".join(default_per_block_metrics()),
         help="metrics also computed for DAAM's map after every block (default: the mask metrics, "
         "perturbation_pos, insertion; empty for none)",
     )
@@ -238,13 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and store them with their labels as a memory bank (safetensors + JSON metadata). Interrupted "
         "builds resume from OUT.parts/ without recomputing finished chunks.",
     )
-    build.add_argument(
-        "--model",
-        help="timm:NAME, hf:..., torchvision:..., open_clip:... (default: the bundled demo ViT's backbone)",
-    )
-    build.add_argument(
-        "--checkpoint", metavar="FILE", help="weights for --model (default: download pretrained)"
-    )
+    _add_model_options(build, "the bundled demo ViT's backbone")
     build.add_argument(
         "--data",
         required=True,
@@ -260,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--half", action="store_true", help="store features in float16")
     build.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
-    build.set_defaults(handler=_bank_build)
+    build.set_defaults(handler=_bank_build, text=None)
     info = bank_commands.add_parser("info", help="print a memory bank's size, classes and metadata")
     info.add_argument("bank", metavar="FILE")
     info.set_defaults(handler=_bank_info)
@@ -269,6 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _error(message: str) -> None:
     print(f"vitflow: error: {message}", file=sys.stderr)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (model, checkpoint, bank, target, options, files): one line, exit 2."""
+    from vitflow.capture import DecompositionError
+    from vitflow.loading import ModelLoadError
+
+    return (ModelLoadError, DecompositionError, ValueError, TypeError, NotImplementedError, OSError)
 
 
 def _device(name: str):
@@ -285,18 +320,7 @@ def _device(name: str):
     return device
 
 
-def _output_dirs(images: Sequence[str], out: Path) -> list[Path]:
-    """One folder per image, named after the file; repeated names get a numeric suffix."""
-    seen: dict[str, int] = {}
-    dirs = []
-    for image in images:
-        stem = Path(image).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        dirs.append(out / (stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"))
-    return dirs
-
-
-def _load(args: argparse.Namespace, headless: bool = False):
+def _load(args: argparse.Namespace, headless: bool = False, texts=None):
     """The model the arguments name (the demo ViT without --model); ``headless`` drops its classifier."""
     from vitflow.models import LoadedModel, load_model
 
@@ -304,124 +328,91 @@ def _load(args: argparse.Namespace, headless: bool = False):
         from vitflow.data.scenes import CLASS_NAMES
         from vitflow.demo import NAME, load_demo_model
 
+        for option in ("checkpoint", "img_size", "text"):
+            if getattr(args, option, None):
+                raise ValueError(f"--{option.replace('_', '-')} needs --model (the architecture it is for)")
         model, preprocessing = load_demo_model()
         if headless:
             model.reset_classifier(0)
         return LoadedModel(model, preprocessing, list(CLASS_NAMES), NAME)
-    return load_model(args.model, args.checkpoint, headless=headless, texts=getattr(args, "text", None))
+    return load_model(
+        args.model, args.checkpoint, headless=headless, texts=texts or getattr(args, "text", None),
+        img_size=getattr(args, "img_size", None),
+    )  # fmt: skip
+
+
+def _check_render_options(args: argparse.Namespace) -> tuple[int, ...] | None:
+    """Fail on bad or unavailable render options before any work; returns the figure blocks."""
+    from importlib.util import find_spec
+
+    from vitflow.render import colormap_lut
+
+    colormap_lut(args.cmap)
+    if args.figure and find_spec("matplotlib") is None:
+        raise ValueError("--figure needs matplotlib: pip install 'vitflow[cli]'")
+    if args.mp4 and find_spec("imageio_ffmpeg") is None:
+        raise ValueError("--mp4 needs imageio-ffmpeg: pip install 'vitflow[cli]'")
+    if not args.figure_blocks:
+        return None
+    try:
+        return tuple(int(b) for b in args.figure_blocks.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--figure-blocks takes comma-separated block numbers such as 1,4,8, got {args.figure_blocks!r}"
+        ) from None
 
 
 def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
-    """Explain image files into ``args.out``; report each failure on one line and carry on."""
-    import torch
-
-    from vitflow.bundle import RenderOptions, write_bundle
-    from vitflow.data import ImageLoadError, load_image
-    from vitflow.engine import DAAM
-    from vitflow.loading import ModelLoadError
-    from vitflow.progress import Progress
-    from vitflow.render import colormap_lut
+    """Explain image files and folders into ``args.out``; report each failure on one line and carry on."""
+    from vitflow.bundle import RenderOptions
+    from vitflow.pipeline import explain_files
 
     try:
         device = _device(args.device)
-        colormap_lut(args.cmap)  # fail on a bad colormap before any work
+        figure_blocks = _check_render_options(args)
         loaded = _load(args, headless=args.bank is not None)
-        model = loaded.model.to(device)
-        target = args.target
-        if loaded.target is not None:  # open_clip with --text: --target picks a text by position
-            target = loaded.target
-            target.index = args.target
+        target, names = args.target, loaded.names
         if args.bank is not None:
             from vitflow.targets import KNNTarget, MemoryBank
 
             bank = MemoryBank.load(args.bank)
-            bank.check_model(model)
+            bank.check_model(loaded.model)
             target = KNNTarget(bank, k=args.k, temperature=args.temperature)
-            loaded.names = bank.class_names
-        daam = DAAM(model, rho=args.rho, normalize_blocks=args.normalize_blocks)
-    except (ModelLoadError, ValueError, TypeError, NotImplementedError) as error:
-        _error(str(error))
+            names = bank.class_names
+        options = RenderOptions(
+            mode=args.mode, alpha=args.alpha, image_weight=args.image_weight, cmap=args.cmap,
+            gif_duration_ms=args.gif_duration, gif_loop=args.gif_loop, mp4=args.mp4, figure=args.figure,
+            figure_blocks=figure_blocks, html=args.html,
+        )  # fmt: skip
+        metadata = {
+            "model": loaded.label,
+            "checkpoint": str(args.checkpoint) if getattr(args, "checkpoint", None) else None,
+            "bank": str(args.bank) if args.bank else None,
+        }
+        report = explain_files(
+            loaded.model, loaded.preprocessing, images, args.out, target=target, names=names, options=options,
+            metadata=metadata, batch_size=args.batch_size, device=device, rho=args.rho,
+            normalize_blocks=args.normalize_blocks, max_pixels=args.max_pixels, on_error=_error,
+            on_note=_note, on_done=_done, progress=not args.quiet,
+        )  # fmt: skip
+    except _usage_errors() as error:
+        _error(_one_line(error))
         return EXIT_USAGE
-
-    preprocessing = loaded.preprocessing
-    try:
-        figure_blocks = tuple(int(b) for b in args.figure_blocks.split(",")) if args.figure_blocks else None
-    except ValueError:
-        _error(
-            f"--figure-blocks takes comma-separated block numbers such as 1,4,8, got {args.figure_blocks!r}"
-        )
+    if report.total == 0:
+        _error(f"no images found in {', '.join(images)}")
         return EXIT_USAGE
-    options = RenderOptions(
-        mode=args.mode, alpha=args.alpha, image_weight=args.image_weight, cmap=args.cmap,
-        gif_duration_ms=args.gif_duration, gif_loop=args.gif_loop, mp4=args.mp4, figure=args.figure,
-        figure_blocks=figure_blocks, html=args.html,
-    )  # fmt: skip
-    jobs = list(zip(images, _output_dirs(images, Path(args.out)), strict=True))
-    failures, written = 0, []
-    progress = Progress(len(jobs), "explain", enabled=len(jobs) > 1 and not args.quiet)
-    with daam:
-        for start in range(0, len(jobs), args.batch_size):
-            batch = []
-            for path, folder in jobs[start : start + args.batch_size]:
-                try:
-                    batch.append((path, folder, preprocessing(load_image(path))))
-                except ImageLoadError as error:
-                    _error(str(error))
-                    failures += 1
-            progress.update(len(jobs[start : start + args.batch_size]) - len(batch))
-            if not batch:
-                continue
-            x = torch.stack([tensor for _, _, tensor in batch]).to(device)
-            try:
-                result = daam(x, target=target)
-            except ValueError as error:
-                _error(str(error))
-                return EXIT_USAGE
-            for i, (path, folder, _) in enumerate(batch):
-                metadata = {
-                    "model": loaded.label,
-                    "checkpoint": str(args.checkpoint) if getattr(args, "checkpoint", None) else None,
-                    "image": str(path),
-                    "input_size": list(x.shape[-2:]),
-                    "preprocessing": preprocessing.config,
-                    "rho": args.rho or ("identity" if args.bank else "relu"),
-                    "bank": str(args.bank) if args.bank else None,
-                    "normalize_blocks": args.normalize_blocks,
-                }
-                try:
-                    manifest = write_bundle(
-                        folder, preprocessing.to_image(x[i]), result[i], metadata, loaded.names, options
-                    )
-                except (OSError, ValueError) as error:
-                    _error(f"{path}: could not write {folder} ({error})")
-                    failures += 1
-                    continue
-                finally:
-                    progress.update(1)
-                target = manifest["target"]
-                written.append((folder, target["name"]))
-                print(f"{path}: {target['name']} (p={target['probability']:.3f}) -> {folder}")
-    progress.close()
-    if args.html and written:
-        from vitflow.files import write_bytes_atomic
-        from vitflow.render import index_html
+    print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
+    return EXIT_SOME_FAILED if report.failures else EXIT_OK
 
-        entries = [
-            {
-                "name": f.name,
-                "viewer": f"{f.name}/viewer.html",
-                "thumbnail": f"{f.name}/input.png",
-                "target": t,
-            }
-            for f, t in written
-        ]
-        write_bytes_atomic(
-            Path(args.out) / "index.html", index_html(entries, f"vitflow: {loaded.label}").encode()
-        )
-    if failures:
-        _error(f"{failures} of {len(jobs)} images failed")
-        return EXIT_SOME_FAILED
-    return EXIT_OK
+
+def _note(message: str) -> None:
+    print(f"vitflow: note: {message}", file=sys.stderr)
+
+
+def _done(folder: Path, manifest: dict) -> None:
+    target = manifest["target"]
+    probability = f" (p={target['probability']:.3f})" if "probability" in target else ""
+    print(f"{manifest['image']}: {target.get('name', target['index'])}{probability} -> {folder}")
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -429,9 +420,6 @@ def _explain(args: argparse.Namespace) -> int:
         _error("--target and --bank exclude each other: with a bank the k-NN prediction is explained")
         return EXIT_USAGE
     if args.model is None:
-        if args.checkpoint:
-            _error("--checkpoint needs --model (the architecture the weights belong to)")
-            return EXIT_USAGE
         print("no --model given: using the bundled demo ViT (trained on vitflow's synthetic scenes only)",
               file=sys.stderr)  # fmt: skip
     return _explain_files(args, args.images)
@@ -449,8 +437,8 @@ def _demo(args: argparse.Namespace) -> int:
     scene_dir = Path(args.out) / "scenes"
     try:
         manifest = write_scenes(scene_dir, args.n, seed=args.seed)
-    except OSError as error:
-        _error(f"cannot write scenes to {scene_dir} ({error})")
+    except (OSError, ValueError) as error:
+        _error(f"cannot write scenes to {scene_dir} ({_one_line(error)})")
         return EXIT_USAGE
     images = [str(scene_dir / entry["image"]) for entry in manifest["scenes"]]
     print(f"wrote {len(images)} scenes (seed {args.seed}) to {scene_dir}")
@@ -465,8 +453,8 @@ def _scenes(args: argparse.Namespace) -> int:
 
     try:
         manifest = write_scenes(args.out, args.n, seed=args.seed, size=args.size, objects=args.objects)
-    except ValueError as error:
-        _error(str(error))
+    except (OSError, ValueError) as error:
+        _error(_one_line(error))
         return EXIT_USAGE
     print(f"wrote {len(manifest['scenes'])} scenes to {args.out} (classes: {', '.join(manifest['classes'])})")
     return EXIT_OK
@@ -474,33 +462,28 @@ def _scenes(args: argparse.Namespace) -> int:
 
 def _bank_build(args: argparse.Namespace) -> int:
     from vitflow.data.folders import list_labelled_images
-    from vitflow.loading import ModelLoadError
     from vitflow.targets.bank import model_identity
     from vitflow.targets.bank_build import build_bank
 
-    try:
-        device = _device(args.device)
-        images = list_labelled_images(args.data)
-        loaded = _load(args, headless=True)
-    except (ModelLoadError, ValueError) as error:
-        _error(str(error))
-        return EXIT_USAGE
     failures = []
 
     def report(message: str) -> None:
         failures.append(message)
         _error(message)
 
-    model = loaded.model.to(device)
-    name = model_identity(model)  # what bank.check_model compares against when the bank is used
     try:
+        device = _device(args.device)
+        images = list_labelled_images(args.data)
+        loaded = _load(args, headless=True)
+        model = loaded.model.to(device)
+        name = model_identity(model)  # what bank.check_model compares against when the bank is used
         bank = build_bank(
             model, loaded.preprocessing, images, args.out, preprocessing_config=loaded.preprocessing.config,
             model_name=name, batch_size=args.batch_size, chunk_images=args.chunk, half=args.half,
             device=device, progress=not args.quiet, on_error=report,
         )  # fmt: skip
-    except ValueError as error:
-        _error(str(error))
+    except _usage_errors() as error:
+        _error(_one_line(error))
         return EXIT_USAGE
     print(f"wrote {args.out}: {len(bank)} features of dimension {bank.dim}, {bank.num_classes} classes, "
           f"model {name}")  # fmt: skip
@@ -513,12 +496,12 @@ def _bank_build(args: argparse.Namespace) -> int:
 def _bank_info(args: argparse.Namespace) -> int:
     import json
 
-    from vitflow.targets import BankError, MemoryBank
+    from vitflow.targets import MemoryBank
 
     try:
         bank = MemoryBank.load(args.bank)
-    except BankError as error:
-        _error(str(error))
+    except _usage_errors() as error:
+        _error(_one_line(error))
         return EXIT_USAGE
     print(f"{args.bank}: {len(bank)} x {bank.dim} {str(bank.features.dtype).removeprefix('torch.')}, "
           f"{bank.num_classes} classes")  # fmt: skip
@@ -527,19 +510,27 @@ def _bank_info(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from vitflow.evaluation import evaluate, read_items, sanity_check
-    from vitflow.loading import ModelLoadError
+    from vitflow.evaluation import dataset_classes, evaluate, read_items, sanity_check
     from vitflow.progress import Progress
+
+    failures: list[str] = []
+
+    def report(message: str) -> None:
+        failures.append(message)
+        _error(message)
 
     try:
         device = _device(args.device)
-        loaded = _load(args)
+        texts = None
+        if args.model and args.model.startswith("open_clip:") and not args.text:
+            texts = [f"a photo of a {name.replace('_', ' ')}" for name in dataset_classes(args.data)]
+        loaded = _load(args, texts=texts)
         items = read_items(args.data, "first" if args.first_object_only else "all", args.boxes)[: args.limit]
         progress = Progress(len(items), "evaluate", enabled=not args.quiet)
         summary = evaluate(
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),
             metrics=args.metrics.split(","), batch_size=args.batch_size, device=device, progress=progress,
-            per_block_metrics=[m for m in args.per_block_metrics.split(",") if m],
+            per_block_metrics=[m for m in args.per_block_metrics.split(",") if m], on_error=report,
         )  # fmt: skip
         progress.close()
         if args.sanity:
@@ -547,26 +538,35 @@ def _evaluate(args: argparse.Namespace) -> int:
                 loaded.model, loaded.preprocessing, items[: args.sanity], args.out,
                 methods=args.methods.split(","), batch_size=args.batch_size, device=device,
             )  # fmt: skip
-    except (ModelLoadError, ValueError, TypeError, NotImplementedError) as error:
-        _error(str(error))
+    except _usage_errors() as error:
+        _error(_one_line(error))
         return EXIT_USAGE
     print(
         f"evaluated {summary['items']} items (model accuracy {summary['accuracy']:.3f}) -> "
         f"{args.out}/results.md"
     )
     print((Path(args.out) / "results.md").read_text(), end="")
+    for note in summary.get("notes", []):
+        _note(note)
     if args.sanity:
         print(
             f"sanity check on {min(args.sanity, len(items))} items: rank correlation with the trained "
             "model's maps after re-initialising the top k blocks (lower: the map depends on the weights)"
         )
         print((Path(args.out) / "sanity.md").read_text(), end="")
+    if failures:
+        _error(f"{len(failures)} of {len(items)} items could not be read and were left out")
+        return EXIT_SOME_FAILED
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        _error("interrupted; finished outputs are complete (files are written atomically), rerun to go on")
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,45 +19,30 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vitflow.adapters import resolve_adapter
-from vitflow.baselines import (
-    attention_gradcam,
-    attention_rollout,
-    generic_attention,
-    gradcam_tokens,
-    input_x_gradient,
-    raw_attention,
-    trace_attention,
-)
-from vitflow.core.daam import accumulate
-from vitflow.data.images import load_image
+from vitflow.adapters import Adapter, resolve_adapter
+from vitflow.baselines import MethodInputs
+from vitflow.data.images import ImageLoadError, load_image
 from vitflow.data.preprocess import Preprocessing
-from vitflow.engine import DAAM
 from vitflow.files import write_bytes_atomic, write_json_atomic
-from vitflow.metrics import (
-    cascading_randomization,
-    confidence_change,
-    deletion_insertion,
-    energy_pointing_game,
-    perturbation_test,
-    pointing_game,
-    segmentation_scores,
-)
+from vitflow.metrics import ScoringContext, cascading_randomization
+from vitflow.registry import METHODS, METRICS
 
-METHODS = (
-    "daam", "daam_last_block", "daam_block_norm", "raw_attention", "rollout", "attention_gradcam",
-    "generic_attention", "gradcam", "input_x_gradient",
-)  # fmt: skip
-MASK_METRICS = ("pointing_game", "energy", "pixel_accuracy", "miou", "ap")
-MODEL_METRICS = ("perturbation_pos", "perturbation_neg", "deletion", "insertion", "average_drop", "increase")
-METRICS = MASK_METRICS + MODEL_METRICS
-PER_BLOCK_METRICS = MASK_METRICS + ("perturbation_pos", "insertion")
-# direction of "better" for the summary table
-HIGHER_IS_BETTER = {m: True for m in METRICS} | {
-    "perturbation_pos": False,
-    "deletion": False,
-    "average_drop": False,
-}
+
+def method_names() -> list[str]:
+    """Every registered method (``daam_from_K`` is a pattern, accepted but not listed)."""
+    return METHODS.names()
+
+
+def metric_names() -> list[str]:
+    return METRICS.names()
+
+
+def default_per_block_metrics() -> list[str]:
+    return [e.name for e in METRICS.entries() if e.info.get("per_block")]
+
+
+def higher_is_better(metric: str) -> bool:
+    return METRICS.lookup(metric)[0].info["higher_is_better"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +64,16 @@ def boxes_mask(xml_path: Path) -> np.ndarray:
         x0, y0, x1, y1 = (int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
         mask[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True  # ILSVRC boxes are inclusive
     return mask
+
+
+def dataset_classes(data: str | Path) -> list[str]:
+    """The class names of a scenes folder or an ImageFolder tree, in label order."""
+    manifest = Path(data) / "boxes.json"
+    if manifest.exists():
+        return list(json.loads(manifest.read_text())["classes"])
+    from vitflow.data.folders import list_labelled_images
+
+    return list_labelled_images(data).class_names
 
 
 def read_items(data: str | Path, objects: str = "all", boxes: str | Path | None = None) -> list[Item]:
@@ -128,75 +122,29 @@ def _inputs(batch: Sequence[Item], preprocess: Preprocessing, device) -> tuple[t
     return x, torch.tensor([item.target for item in batch], device=device)
 
 
-def explain_all(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: Sequence[str]) -> dict:
+def explain_all(adapter: Adapter, x: torch.Tensor, target: torch.Tensor, methods: Sequence[str]) -> dict:
     """Maps of every method for a batch: ``(B, h, w)`` (or ``(B, H, W)``), plus ``"daam_blocks"``
-    ``(B, L, h, w)`` (the accumulated map after each block) when DAAM is among them."""
-    maps: dict[str, torch.Tensor] = {}
-    variants = [m for m in methods if m.startswith("daam")]
-    if variants:
-        # every DAAM variant differs only in how the same block maps are accumulated: one pass
-        with DAAM(model) as daam:
-            result = daam(x, target=target)
-        maps["daam"], maps["daam_last_block"] = result.final, result.block_maps[:, -1]
-        maps["daam_blocks"] = result.maps
-        if "daam_block_norm" in methods:
-            maps["daam_block_norm"] = accumulate(result.block_maps, normalize_blocks=True)[:, -1]
-        for name in variants:
-            if name.startswith("daam_from_"):  # accumulation from a chosen block: daam_from_4
-                start_block = int(name.removeprefix("daam_from_"))
-                maps[name] = accumulate(result.block_maps, start_block=start_block)[:, -1]
-    attention_methods = {
-        "raw_attention",
-        "rollout",
-        "attention_gradcam",
-        "generic_attention",
-        "input_x_gradient",
-    }
-    if attention_methods & set(methods):
-        trace = trace_attention(model, x, target=target, input_grad="input_x_gradient" in methods)
-        builders: dict[str, Callable] = {
-            "raw_attention": raw_attention,
-            "rollout": attention_rollout,
-            "attention_gradcam": attention_gradcam,
-            "generic_attention": generic_attention,
-            "input_x_gradient": lambda t: input_x_gradient(x, t).clamp_min(0),
-        }
-        for name in attention_methods & set(methods):
-            maps[name] = builders[name](trace)
-    if "gradcam" in methods:
-        blocks = getattr(model, "blocks", None)
-        if blocks is None:
-            raise ValueError(
-                f"gradcam needs a timm model (blocks[-1].norm1 as target layer), got {type(model).__name__}"
-            )
-        adapter = resolve_adapter(model)
-        prefix, grid = adapter.prefix_tokens(), adapter.grid(tuple(x.shape[-2:]))
-        maps["gradcam"] = gradcam_tokens(model, x, target, blocks[-1].norm1, prefix, grid)
-    return {name: m.float() for name, m in maps.items() if name in methods or name == "daam_blocks"}
+    ``(B, L, h, w)`` (DAAM's accumulated map after each block) when a DAAM variant is among them.
+    Methods sharing a pass (the DAAM variants; the attention methods) share one."""
+    input_grad = any(METHODS.lookup(m)[0].info.get("input_grad") for m in methods)
+    inputs = MethodInputs(adapter, x, target, input_grad=input_grad)
+    maps = {name: METHODS.call(name, inputs).float() for name in methods}
+    if any(m.startswith("daam") for m in methods):
+        maps["daam_blocks"] = inputs.daam.maps.float()
+    return maps
 
 
-def score_maps(model, x, target, maps, masks, metrics) -> dict[str, torch.Tensor]:
-    """Every requested metric for one method's ``(B, h, w)`` maps: ``{metric: (B,)}``."""
-    out: dict[str, torch.Tensor] = {}
-    if masks is not None:
-        if "pointing_game" in metrics:
-            out["pointing_game"] = pointing_game(maps, masks).double()
-        if "energy" in metrics:
-            out["energy"] = energy_pointing_game(maps, masks).double()
-        if {"pixel_accuracy", "miou", "ap"} & set(metrics):
-            seg = segmentation_scores(maps, masks)
-            out |= {k: v.double() for k, v in seg.items() if k in metrics}
-    if "perturbation_pos" in metrics:
-        out["perturbation_pos"] = perturbation_test(model, x, maps, target)["auc_accuracy"]
-    if "perturbation_neg" in metrics:
-        out["perturbation_neg"] = perturbation_test(model, x, maps, target, positive=False)["auc_accuracy"]
-    if {"deletion", "insertion"} & set(metrics):
-        curves = deletion_insertion(model, x, maps, target)
-        out |= {k: curves[f"{k}_auc"] for k in ("deletion", "insertion") if k in metrics}
-    if {"average_drop", "increase"} & set(metrics):
-        change = confidence_change(model, x, maps, target)
-        out |= {"average_drop": 100 * change["drop"], "increase": 100 * change["increase"].double()}
-    return {k: v.cpu() for k, v in out.items() if k in metrics}
+def score_maps(
+    context: ScoringContext, maps: torch.Tensor, metrics: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Every requested metric for one method's ``(B, h, w)`` maps: ``{metric: (B,)}`` on the CPU;
+    mask metrics are left out when the batch has no masks."""
+    out = {}
+    for name in metrics:
+        if METRICS.lookup(name)[0].info["needs_mask"] and context.masks is None:
+            continue
+        out[name] = METRICS.call(name, maps, context).double().cpu()
+    return out
 
 
 def evaluate(
@@ -204,47 +152,72 @@ def evaluate(
     preprocess: Preprocessing,
     items: Sequence[Item],
     out: str | Path,
-    methods: Sequence[str] = METHODS,
-    metrics: Sequence[str] = METRICS,
-    per_block_metrics: Sequence[str] = PER_BLOCK_METRICS,
+    methods: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    per_block_metrics: Sequence[str] | None = None,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress=None,
+    adapter: Adapter | type[Adapter] | None = None,
+    on_error: Callable[[str], None] | None = None,
 ) -> dict:
     """Run every method and metric over ``items``; append per-image records to ``out/records.jsonl``
-    (skipping items already recorded) and return the summary (also written as results.*)."""
-    unknown = [m for m in methods if m not in METHODS and not re.fullmatch(r"daam_from_\d+", m)]
-    unknown += [m for m in [*metrics, *per_block_metrics] if m not in METRICS]
-    if unknown:
-        raise ValueError(
-            f"unknown methods/metrics {unknown}; methods: {', '.join(METHODS)}; metrics: {', '.join(METRICS)}"
-        )
+    (skipping items already recorded) and return the summary (also written as results.*).
+
+    Methods and metrics are names in :data:`~vitflow.registry.METHODS` / ``METRICS`` (default:
+    all; per-block: those registered with ``per_block=True``). Images that cannot be read are
+    reported through ``on_error`` (one line each), left out, and counted in ``summary["failed"]``.
+    """
+    methods = list(methods or method_names())
+    metrics = list(metrics or metric_names())
+    per_block_metrics = default_per_block_metrics() if per_block_metrics is None else list(per_block_metrics)
+    for name in methods:
+        METHODS.lookup(name)  # raises ValueError naming the known ones
+    for name in [*metrics, *per_block_metrics]:
+        METRICS.lookup(name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records_file = out / "records.jsonl"
     done = set()
     if records_file.exists():
         for line in records_file.read_text().splitlines():
-            done.add(json.loads(line)["item"])
+            if line.strip():
+                done.add(json.loads(line)["item"])
     todo = [item for item in items if item.name not in done]
     if progress is not None:
         progress.update(len(items) - len(todo))
     model = model.eval().to(device)
+    adapter = resolve_adapter(model, adapter)
+    report = on_error or (lambda message: None)
+    failed = 0
     for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        x, target = _inputs(batch, preprocess, device)
+        chunk = todo[start : start + batch_size]
+        batch, tensors = [], []
+        for item in chunk:
+            try:
+                tensors.append(preprocess(load_image(item.path)))
+                batch.append(item)
+            except ImageLoadError as error:
+                failed += 1
+                report(str(error))
+        if progress is not None:
+            progress.update(len(chunk) - len(batch))
+        if not batch:
+            continue
+        x = torch.stack(tensors).to(device)
+        target = torch.tensor([item.target for item in batch], device=device)
         masks = None
         if all(item.mask is not None for item in batch):
             masks = torch.stack([_mask_at(item.mask, preprocess) for item in batch]).to(device)
-        maps = explain_all(model, x, target, methods)
+        maps = explain_all(adapter, x, target, methods)
         with torch.no_grad():
-            correct = (model(x).argmax(1) == target).cpu()
-        scores = {m: score_maps(model, x, target, maps[m], masks, metrics) for m in methods}
+            correct = (adapter.forward(x).argmax(1) == target).cpu()
+        context = ScoringContext(adapter.forward, x, target, masks)
+        scores = {m: score_maps(context, maps[m], metrics) for m in methods}
         blocks = maps.get("daam_blocks")
         per_block = []
         if blocks is not None:
-            for b in range(blocks.shape[1]):
-                per_block.append(score_maps(model, x, target, blocks[:, b], masks, per_block_metrics))
+            per_block = [score_maps(context, blocks[:, b], per_block_metrics) for b in range(blocks.shape[1])]
         lines = []
         for i, item in enumerate(batch):
             record = {
@@ -259,23 +232,11 @@ def evaluate(
             handle.write("\n".join(lines) + "\n")
         if progress is not None:
             progress.update(len(batch))
-    return summarize(out, methods, metrics)
-
-
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's transformer blocks in order, whatever the family: the ``ModuleList`` or
-    ``Sequential`` whose i-th entry contains the i-th attention site the adapter explains (for
-    CaiT: its class-attention blocks)."""
-    attentions = [site.module for site in resolve_adapter(model).sites()]
-    for candidate in model.modules():
-        if isinstance(candidate, (nn.ModuleList, nn.Sequential)) and len(candidate) == len(attentions):
-            pairs = zip(candidate, attentions, strict=True)
-            if all(any(m is a for m in block.modules()) for block, a in pairs):
-                return list(candidate)
-    raise ValueError(
-        f"cannot find the transformer blocks of {type(model).__name__} (no ModuleList or Sequential "
-        "holding its attention modules in order); the sanity check needs them"
-    )
+    if not records_file.exists():
+        raise ValueError(f"none of the {len(items)} items could be evaluated (no image could be read)")
+    summary = summarize(out, methods, metrics)
+    summary["failed"] = failed
+    return summary
 
 
 def sanity_check(
@@ -283,27 +244,34 @@ def sanity_check(
     preprocess: Preprocessing,
     items: Sequence[Item],
     out: str | Path,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    adapter: Adapter | type[Adapter] | None = None,
 ) -> dict:
     """Cascading randomisation (Adebayo et al. 2018) for every method on ``items``, each explained
     for its true class: the mean Spearman rank correlation between a method's map of the trained
     model and its map after re-initialising the top ``k`` blocks, ``k = 1..L``. All methods see the
     same randomised models. Writes ``OUT/sanity.json`` and ``OUT/sanity.md``; returns the dict."""
+    methods = list(methods or method_names())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval().to(device)
+    adapter = resolve_adapter(model, adapter)
+
+    def adapter_for(m: nn.Module) -> Adapter:  # the randomised copy is the same family
+        return adapter if m is adapter.model else type(adapter)(m)
+
     sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(items), batch_size):
         x, target = _inputs(items[start : start + batch_size], preprocess, device)
 
         def explain(m: nn.Module, x=x, target=target) -> dict[str, torch.Tensor]:
-            maps = explain_all(m, x, target, methods)
+            maps = explain_all(adapter_for(m), x, target, methods)
             return {name: maps[name] for name in methods}
 
-        rows = cascading_randomization(model, explain, transformer_blocks, seed=seed)
+        rows = cascading_randomization(adapter.model, explain, lambda m: adapter_for(m).blocks(), seed=seed)
         for name, row in rows.items():
             sums[name] = sums.get(name, 0) + row.double().sum(dim=1).cpu()
     correlation = {name: (total / len(items)).tolist() for name, total in sums.items()}
@@ -338,25 +306,28 @@ def summarize(out: Path, methods: Sequence[str], metrics: Sequence[str]) -> dict
         "accuracy": _mean([float(r["correct"]) for r in records]),
         "methods": table,
         "daam_per_block": curves,
-        "higher_is_better": {k: HIGHER_IS_BETTER[k] for k in present},
+        "higher_is_better": {k: higher_is_better(k) for k in present},
     }
     write_json_atomic(out / "results.json", summary)
     csv = ["method," + ",".join(present)] + [
         m + "," + ",".join(f"{table[m][k]:.4f}" for k in present) for m in methods
     ]
     write_bytes_atomic(out / "results.csv", ("\n".join(csv) + "\n").encode())
-    arrows = [f"{k} {'↑' if HIGHER_IS_BETTER[k] else '↓'}" for k in present]
+    arrows = [f"{k} {'↑' if higher_is_better(k) else '↓'}" for k in present]
     md = ["| method | " + " | ".join(arrows) + " |", "|---|" + "---:|" * len(present)]
     for m in methods:
         cells = []
         for k in present:
             values = [table[other][k] for other in methods]
-            best = max(values) if HIGHER_IS_BETTER[k] else min(values)
+            best = max(values) if higher_is_better(k) else min(values)
             cells.append(f"**{table[m][k]:.3f}**" if table[m][k] == best else f"{table[m][k]:.3f}")
         md.append(f"| {m} | " + " | ".join(cells) + " |")
     write_bytes_atomic(out / "results.md", ("\n".join(md) + "\n").encode())
     if curves:
-        _plot_curves(curves, out / "per_block.png")
+        try:
+            _plot_curves(curves, out / "per_block.png")
+        except ImportError:  # matplotlib is an extra: one picture less, never the run
+            summary["notes"] = ["per_block.png not drawn: it needs matplotlib (pip install 'vitflow[cli]')"]
     return summary
 
 
@@ -370,7 +341,7 @@ def _plot_curves(curves: dict[str, list[float]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7.2, 3.6), constrained_layout=True)
     for name, values in curves.items():
-        arrow = "↑" if HIGHER_IS_BETTER.get(name, True) else "↓"  # which way is better
+        arrow = "↑" if higher_is_better(name) else "↓"  # which way is better
         ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{name} {arrow}")
     ax.set_xlabel("block (accumulated DAAM map after it)")
     ax.set_ylabel("score")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,6 +113,9 @@ def load_timm_model(name: str, checkpoint: str | os.PathLike | None = None, **kw
             kwargs.setdefault("num_classes", head.shape[0])
         try:
             model = timm.create_model(name, pretrained=False, **kwargs)
+            size = None if "img_size" in kwargs else _timm_image_size(model, state)
+            if size is not None:  # fine-tuned at another resolution: build the model for it
+                model = timm.create_model(name, pretrained=False, img_size=size, **kwargs)
         except Exception as error:
             raise ModelLoadError(f"cannot build timm model {name!r}: {error}") from None
         load_state_dict_strict(model, state, f"checkpoint {checkpoint}")
@@ -126,6 +130,21 @@ def load_timm_model(name: str, checkpoint: str | os.PathLike | None = None, **kw
             "offline? download them elsewhere and pass --checkpoint FILE (.safetensors or .pth)"
         ) from None
     return model.eval()
+
+
+def _timm_image_size(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """The input size a checkpoint's position embedding ``(1, prefix + n, C)`` was trained at
+    (``n`` patches on a square grid), when it differs from ``model``'s; else ``None``."""
+    pos, own = state.get("pos_embed"), getattr(model, "pos_embed", None)
+    patch_embed = getattr(model, "patch_embed", None)
+    if pos is None or own is None or patch_embed is None or pos.ndim != 3 or pos.shape == own.shape:
+        return None
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+    patches = pos.shape[1] - prefix
+    side = math.isqrt(max(patches, 0))
+    patch = patch_embed.patch_size
+    patch = patch[0] if isinstance(patch, tuple) else patch
+    return side * patch if side > 0 and side * side == patches else None
 
 
 def class_names(model: nn.Module) -> list[str] | None:

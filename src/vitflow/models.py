@@ -1,15 +1,20 @@
-"""Models by name, for the command line: ``timm:NAME`` (or plain ``NAME``), ``hf:NAME_OR_PATH``,
-``torchvision:NAME``, ``open_clip:NAME[/PRETRAINED]``, each with its own preprocessing and class
-names. Hub downloads happen only here; offline they fail with one line that says what to do."""
+"""Models by name, for the command line: ``timm:NAME`` (or plain ``NAME``), ``hf:NAME_OR_PATH``
+(``transformers:`` too), ``torchvision:NAME``, ``open_clip:NAME[/PRETRAINED]``, each with its own
+preprocessing and class names. The prefixes are the adapters' family names and aliases
+(:func:`vitflow.adapters.family_names`); a loader is registered here per family. Hub downloads
+happen only here; offline they fail with one line that says what to do."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from vitflow.adapters import TextClassifier, family_names
 from vitflow.data.preprocess import Preprocessing
 from vitflow.loading import (
     ModelLoadError,
@@ -20,7 +25,6 @@ from vitflow.loading import (
     read_state_dict,
 )
 
-FAMILIES = ("timm", "hf", "torchvision", "open_clip")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -30,20 +34,42 @@ class LoadedModel:
     preprocessing: Preprocessing
     names: list[str] | None
     label: str
-    target: object = None  # a target the model implies (open_clip with --text), else None
     extra: dict = field(default_factory=dict)
 
 
+Loader = Callable[..., LoadedModel]
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_loader(family: str) -> Callable[[Loader], Loader]:
+    """Register the loader of an adapter family (``family`` is the adapter's ``family`` name)."""
+
+    def add(loader: Loader) -> Loader:
+        _LOADERS[family] = loader
+        return loader
+
+    return add
+
+
+def model_prefixes() -> list[str]:
+    """The ``--model`` prefixes: every family name and alias of a registered adapter with a loader."""
+    return [name for name, cls in family_names().items() if cls.family in _LOADERS]
+
+
 def split_spec(spec: str) -> tuple[str, str]:
-    """``"hf:google/vit-base-patch16-224"`` -> ``("hf", "google/vit-base-patch16-224")``; no prefix: timm."""
-    family, sep, name = spec.partition(":")
+    """``"hf:google/vit-base-patch16-224"`` -> ``("transformers", "google/vit-base-patch16-224")``;
+    no prefix: timm. Returns the adapter family's own name."""
+    prefix, sep, name = spec.partition(":")
     if not sep:
         return "timm", spec
-    if family not in FAMILIES:
-        raise ModelLoadError(f"unknown model family {family!r} in {spec!r}; use one of {', '.join(FAMILIES)}")
+    names = family_names()
+    if prefix not in names or names[prefix].family not in _LOADERS:
+        raise ModelLoadError(
+            f"unknown model family {prefix!r} in {spec!r}; use one of {', '.join(model_prefixes())}"
+        )
     if not name:
         raise ModelLoadError(f"{spec!r} names no model")
-    return family, name
+    return names[prefix].family, name
 
 
 def _offline(spec: str, error: Exception, hint: str) -> ModelLoadError:
@@ -53,12 +79,17 @@ def _offline(spec: str, error: Exception, hint: str) -> ModelLoadError:
     )
 
 
-def _timm(name, checkpoint, headless, texts):
-    model = load_timm_model(name, checkpoint, **({"num_classes": 0} if headless else {}))
+@register_loader("timm")
+def _timm(name, checkpoint, headless, texts, img_size=None):
+    kwargs = {"num_classes": 0} if headless else {}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    model = load_timm_model(name, checkpoint, **kwargs)
     return LoadedModel(model, Preprocessing.for_timm(model), None if headless else class_names(model), name)
 
 
-def _hf(name, checkpoint, headless, texts):
+@register_loader("transformers")
+def _hf(name, checkpoint, headless, texts, img_size=None):
     try:
         import transformers
     except ImportError:
@@ -93,7 +124,8 @@ def _hf(name, checkpoint, headless, texts):
     return LoadedModel(model.eval(), Preprocessing(transform, mean, std, config), names, f"hf:{name}")
 
 
-def _torchvision(name, checkpoint, headless, texts):
+@register_loader("torchvision")
+def _torchvision(name, checkpoint, headless, texts, img_size=None):
     import torchvision
     from torchvision import transforms
 
@@ -104,10 +136,22 @@ def _torchvision(name, checkpoint, headless, texts):
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
         head = state.get("heads.head.weight")
-        model = builder(weights=None, num_classes=head.shape[0] if head is not None else 1000)
+        kwargs = {"num_classes": head.shape[0] if head is not None else 1000}
+        size = img_size or _torchvision_image_size(builder, state)
+        if size is not None:
+            kwargs["image_size"] = size
+        try:
+            model = builder(weights=None, **kwargs)
+        except Exception as error:
+            raise ModelLoadError(f"cannot build torchvision model {name!r}: {error}") from None
         load_state_dict_strict(model, state, f"checkpoint {checkpoint}")
         weights = None
     else:
+        if img_size is not None:
+            raise ModelLoadError(
+                "--img-size with torchvision's pretrained weights is not possible (they fix the size); "
+                "give --checkpoint FILE with weights for that size"
+            )
         try:
             weights = torchvision.models.get_model_weights(name).DEFAULT
             with quiet_hub():
@@ -133,7 +177,24 @@ def _torchvision(name, checkpoint, headless, texts):
     )
 
 
-def _open_clip(name, checkpoint, headless, texts):
+def _torchvision_image_size(builder, state: dict[str, torch.Tensor]) -> int | None:
+    """The input size a torchvision ViT checkpoint was trained at, from its position embedding
+    ``(1, 1 + n, C)`` (``n`` patches on a square grid); ``None`` when it fits the default model."""
+    pos = state.get("encoder.pos_embedding")
+    if pos is None or pos.ndim != 3:
+        return None
+    side = math.isqrt(pos.shape[1] - 1)
+    if side * side != pos.shape[1] - 1:
+        return None
+    with torch.device("meta"):  # the default architecture's geometry, without allocating weights
+        default = builder(weights=None)
+    if default.encoder.pos_embedding.shape[1] == pos.shape[1]:
+        return None
+    return side * default.patch_size
+
+
+@register_loader("open_clip")
+def _open_clip(name, checkpoint, headless, texts, img_size=None):
     try:
         import open_clip
     except ImportError:
@@ -155,27 +216,28 @@ def _open_clip(name, checkpoint, headless, texts):
     preprocessing = Preprocessing(
         preprocess, mean, std, {"transform": repr(preprocess), "mean": mean, "std": std}
     )
-    target = None
-    if texts:
-        from vitflow.targets import SimilarityTarget
-
-        tokenizer = open_clip.get_tokenizer(architecture)
-        with torch.no_grad():
-            embeddings = model.encode_text(tokenizer(list(texts)))
-        target = SimilarityTarget(embeddings)
-    elif not headless:
+    label = f"open_clip:{name}"
+    if headless:  # a backbone for memory banks: the image embedding
+        return LoadedModel(visual, preprocessing, None, label)
+    if not texts:
         raise ModelLoadError(
             "open_clip models output image embeddings: give the texts to compare with "
             "(--text 'a photo of a cat' --text 'a photo of a dog') or a memory bank (--bank)"
         )
-    return LoadedModel(visual, preprocessing, list(texts) if texts else None, f"open_clip:{name}", target)
-
-
-_LOADERS = {"timm": _timm, "hf": _hf, "torchvision": _torchvision, "open_clip": _open_clip}
+    tokenizer = open_clip.get_tokenizer(architecture)
+    with torch.no_grad():
+        embeddings = model.encode_text(tokenizer(list(texts)))
+    scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
+    return LoadedModel(TextClassifier(visual, embeddings, scale).eval(), preprocessing, list(texts), label)
 
 
 def load_model(
-    spec: str, checkpoint: str | os.PathLike | None = None, *, headless: bool = False, texts=None
+    spec: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    headless: bool = False,
+    texts: Sequence[str] | None = None,
+    img_size: int | None = None,
 ) -> LoadedModel:
     """The model ``spec`` names, in eval mode, with its preprocessing and class names.
 
@@ -184,9 +246,15 @@ def load_model(
             ``open_clip:NAME[/PRETRAINED]``.
         checkpoint: weights to load instead of downloading (timm, torchvision, open_clip).
         headless: drop the classifier (for memory-bank features).
-        texts: prompts for an open_clip model: its target becomes a :class:`SimilarityTarget`.
+        texts: prompts for an open_clip model: it becomes a zero-shot
+            :class:`~vitflow.adapters.TextClassifier` with one class per text.
+        img_size: the input size for timm and torchvision models (default: read from the
+            checkpoint's position embedding, else the architecture's own).
     """
     family, name = split_spec(spec)
     if texts and family != "open_clip":
         raise ModelLoadError("--text applies to open_clip models (image-text similarity)")
-    return _LOADERS[family](name, checkpoint, headless, texts)
+    if img_size is not None and family not in ("timm", "torchvision"):
+        raise ModelLoadError(f"--img-size applies to timm and torchvision models; {family} models take "
+                             "their size from their configuration")  # fmt: skip
+    return _LOADERS[family](name, checkpoint, headless, texts, img_size=img_size)

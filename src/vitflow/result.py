@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 import torch
-import torch.nn.functional as F
+
+from vitflow.core.maps import upsample
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class DAAMResult:
         """Bilinear resize of ``maps`` (or ``block_maps``) to ``size = (H, W)``: ``(B, L, H, W)``."""
         if which not in ("maps", "block_maps"):
             raise ValueError(f"which must be 'maps' or 'block_maps', got {which!r}")
-        return F.interpolate(getattr(self, which), size=tuple(size), mode="bilinear", align_corners=False)
+        return upsample(getattr(self, which), size)
 
     def _repr_html_(self) -> str:
         """Jupyter shows a summary and the first image's attention flow, animated."""

@@ -16,14 +16,24 @@ from vitflow.adapters.base import (
     OverrideAdapter,
     ProjectionSite,
     split_heads,
+    unwrap_model,
 )
 from vitflow.adapters.hf import HFAdapter
 from vitflow.adapters.mha import MultiheadAttentionSite
-from vitflow.adapters.open_clip import OpenCLIPAdapter
+from vitflow.adapters.open_clip import OpenCLIPAdapter, TextClassifier
 from vitflow.adapters.timm import TimmAdapter
 from vitflow.adapters.torchvision import TorchvisionAdapter
 
 ADAPTERS: list[type[Adapter]] = [TimmAdapter, HFAdapter, TorchvisionAdapter, OpenCLIPAdapter]
+
+
+def family_names() -> dict[str, type[Adapter]]:
+    """Every family name and alias the registry knows, e.g. ``{"timm": TimmAdapter, "hf": HFAdapter}``."""
+    names: dict[str, type[Adapter]] = {}
+    for cls in ADAPTERS:
+        for name in (cls.family, *cls.aliases):
+            names.setdefault(name, cls)
+    return names
 
 
 def register_adapter(adapter: type[Adapter]) -> type[Adapter]:
@@ -38,7 +48,9 @@ def resolve_adapter(
     prefix_tokens: int | None = None,
     grid: GridSpec | None = None,
 ) -> Adapter:
-    """The adapter for ``model``: the one given, else the first registered one that matches."""
+    """The adapter for ``model``: the one given, else the first registered one that matches.
+    Compiled and data-parallel wrappers are looked through (:func:`unwrap_model`)."""
+    model = unwrap_model(model)
     if isinstance(adapter, Adapter):
         resolved = adapter
     elif adapter is not None:
@@ -59,6 +71,7 @@ def resolve_adapter(
 
 __all__ = [
     "ADAPTERS",
+    "family_names",
     "Adapter",
     "AttentionSite",
     "BlockRecord",
@@ -68,9 +81,11 @@ __all__ = [
     "OpenCLIPAdapter",
     "OverrideAdapter",
     "ProjectionSite",
+    "TextClassifier",
     "TimmAdapter",
     "TorchvisionAdapter",
     "split_heads",
+    "unwrap_model",
     "register_adapter",
     "resolve_adapter",
 ]

@@ -180,17 +180,35 @@ class ProjectionSite(AttentionSite):
         ]
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` (``_orig_mod``), ``nn.DataParallel`` and
+    ``DistributedDataParallel`` (``module``) wrappers: hooks go on it and it computes the same
+    function, so explaining it explains the wrapped model."""
+    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, parallel):
+            model = model.module
+        else:
+            return model
+
+
 class Adapter(ABC):
-    """Where one family of ViTs keeps its tokens, attention and classifier.
+    """Where one family of ViTs keeps its tokens, attention, blocks and classifier: everything
+    the package needs to know about a model goes through this interface.
 
     Subclass it to support a custom ViT (see the README, "Custom ViTs"): list the attention
     sites, say how many prefix tokens precede the patches, and map an input size to the grid.
+    The rest (blocks, Grad-CAM layer, logits) has defaults that fit most ViTs.
     """
 
     family: str = "custom"
+    #: other names of the family on the command line (``--model hf:...``)
+    aliases: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self.model = unwrap_model(model)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -227,6 +245,43 @@ class Adapter(ABC):
             "whose logits() extracts the scores"
         )
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` logits (or features of a headless backbone) for ``x``: how every part of the
+        package outside :class:`~vitflow.capture.Capture` runs the model (metrics, evaluation,
+        memory banks)."""
+        return self.logits(self.model(x))
+
+    def blocks(self) -> Sequence[nn.Module]:
+        """The transformer blocks in order, the i-th holding the i-th attention site (the sanity
+        check re-initialises them): by default the ``ModuleList`` or ``Sequential`` that holds the
+        attention modules in order."""
+        attentions = [site.module for site in self.sites()]
+        for candidate in self.model.modules():
+            if isinstance(candidate, (nn.ModuleList, nn.Sequential)) and len(candidate) == len(attentions):
+                pairs = zip(candidate, attentions, strict=True)
+                if all(any(m is a for m in block.modules()) for block, a in pairs):
+                    return list(candidate)
+        raise ValueError(
+            f"cannot find the transformer blocks of {type(self.model).__name__} (no ModuleList or Sequential "
+            "holding its attention modules in order); override Adapter.blocks() for it"
+        )
+
+    def gradcam_layer(self) -> nn.Module:
+        """The layer whose output tokens Grad-CAM weighs: the first normalisation of the last
+        block (pytorch-grad-cam's usual ViT choice, ``blocks[-1].norm1`` in timm)."""
+        last = self.blocks()[-1]
+        norm = next((m for m in last.modules() if isinstance(m, nn.LayerNorm)), None)
+        if norm is None:
+            raise ValueError(
+                f"{type(self.model).__name__}: the last block has no LayerNorm for Grad-CAM; override "
+                "Adapter.gradcam_layer()"
+            )
+        return norm
+
+    def gradcam_tokens(self, activation: torch.Tensor) -> torch.Tensor:
+        """The Grad-CAM layer's output as ``(B, N, C)`` tokens (override for sequence-first layers)."""
+        return activation
+
 
 class OverrideAdapter(Adapter):
     """Wraps an adapter with user-given geometry (``DAAM(model, prefix_tokens=..., grid=...)``)."""
@@ -259,3 +314,12 @@ class OverrideAdapter(Adapter):
 
     def logits(self, output: object) -> torch.Tensor:
         return self.inner.logits(output)
+
+    def blocks(self) -> Sequence[nn.Module]:
+        return self.inner.blocks()
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.inner.gradcam_layer()
+
+    def gradcam_tokens(self, activation: torch.Tensor) -> torch.Tensor:
+        return self.inner.gradcam_tokens(activation)

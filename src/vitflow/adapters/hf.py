@@ -30,6 +30,7 @@ class HFAdapter(Adapter):
     """``transformers`` vision transformers whose [class] token is at index 0."""
 
     family = "transformers"
+    aliases = ("hf",)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

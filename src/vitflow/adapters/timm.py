@@ -122,6 +122,10 @@ class TimmAdapter(Adapter):
             ]
         return [TimmAttentionSite(block.attn, i, self._name) for i, block in enumerate(self.model.blocks)]
 
+    def blocks(self) -> Sequence[nn.Module]:
+        class_blocks = self.class_attention_blocks()
+        return list(class_blocks if class_blocks is not None else self.model.blocks)
+
     def prefix_tokens(self) -> int:
         return int(getattr(self.model, "num_prefix_tokens", 1))
 

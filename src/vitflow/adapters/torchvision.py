@@ -25,6 +25,9 @@ class TorchvisionAdapter(Adapter):
             for i, layer in enumerate(self.model.encoder.layers)
         ]
 
+    def blocks(self) -> Sequence[nn.Module]:
+        return list(self.model.encoder.layers)
+
     def prefix_tokens(self) -> int:
         return 1
 

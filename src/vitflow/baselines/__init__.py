@@ -1,5 +1,8 @@
-"""Other explanation methods for ViTs, for comparison with DAAM; each self-contained."""
+"""Explanation methods for ViTs besides DAAM itself, and DAAM's variants, for comparison; each
+method is registered where it is defined (:data:`vitflow.registry.METHODS`)."""
 
+from vitflow.baselines import daam_variants  # noqa: F401  (registers the DAAM variants)
+from vitflow.baselines.inputs import MethodInputs
 from vitflow.baselines.methods import (
     attention_gradcam,
     attention_rollout,
@@ -9,9 +12,12 @@ from vitflow.baselines.methods import (
     raw_attention,
 )
 from vitflow.baselines.trace import AttentionTrace, trace_attention
+from vitflow.registry import METHODS
 
 __all__ = [
+    "METHODS",
     "AttentionTrace",
+    "MethodInputs",
     "attention_gradcam",
     "attention_rollout",
     "generic_attention",

@@ -12,7 +12,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vitflow.baselines.inputs import MethodInputs
 from vitflow.baselines.trace import AttentionTrace
+from vitflow.capture import Capture
+from vitflow.registry import register_method
 
 HeadFusion = Literal["mean", "max", "min"]
 
@@ -82,32 +85,72 @@ def input_x_gradient(x: torch.Tensor, trace: AttentionTrace) -> torch.Tensor:
 
 
 def gradcam_tokens(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: torch.Tensor,
-    layer: nn.Module,
-    prefix_tokens: int,
-    grid: tuple[int, int],
+    model: nn.Module, x: torch.Tensor, target: object = None, layer: nn.Module | None = None, adapter=None
 ) -> torch.Tensor:
-    """Grad-CAM on a layer's patch tokens, as pytorch-grad-cam does for ViTs (its target layer is
-    usually ``blocks[-1].norm1``): channel weights are the spatial mean of the gradient,
-    ``ReLU(sum_c w_c A_c)``. ``target``: ``(B,)`` classes. Returns ``(B, h, w)``."""
+    """Grad-CAM on a layer's patch tokens, as pytorch-grad-cam does for ViTs: channel weights are
+    the spatial mean of the gradient, ``ReLU(sum_c w_c A_c)``. ``layer`` defaults to the
+    adapter's Grad-CAM layer (``blocks[-1].norm1`` in timm); ``target`` as for
+    :class:`~vitflow.DAAM`. Returns ``(B, h, w)``."""
     store: dict[str, torch.Tensor] = {}
 
     def keep(_module, _args, out):
+        out = out.detach().requires_grad_(True) if not out.requires_grad else out
         store["activation"] = out
         out.register_hook(lambda grad: store.__setitem__("grad", grad))
+        return out
 
-    handle = layer.register_forward_hook(keep)
-    try:
-        with torch.enable_grad():
-            inputs = x.detach().clone().requires_grad_(True)
-            logits = model(inputs)
-            score = logits.gather(1, target[:, None].to(logits.device)).sum()
-            torch.autograd.grad(score, [inputs])
-    finally:
-        handle.remove()
-    activation = store["activation"].detach()[:, prefix_tokens:]  # b n c
-    weights = store["grad"][:, prefix_tokens:].mean(dim=1, keepdim=True)  # b 1 c
+    with Capture(model, adapter=adapter) as capture:
+        adapter = capture.adapter
+        handle = (layer or adapter.gradcam_layer()).register_forward_hook(keep)
+        try:
+            with capture.run(x, target):
+                pass  # the backward pass fills store["grad"]
+        finally:
+            handle.remove()
+    if "grad" not in store:
+        name = type(adapter.model).__name__
+        raise ValueError(f"{name}: the Grad-CAM layer does not reach the explained score")
+    prefix, grid = adapter.prefix_tokens(), adapter.grid((x.shape[-2], x.shape[-1]))
+    activation = adapter.gradcam_tokens(store["activation"].detach())[:, prefix:]  # b n c
+    weights = adapter.gradcam_tokens(store["grad"])[:, prefix:].mean(dim=1, keepdim=True)  # b 1 c
     cam = (activation * weights).sum(dim=-1).clamp_min(0)
     return cam.reshape(cam.shape[0], *grid)
+
+
+# -- the registry: what `vitflow evaluate --methods` offers ------------------------------------
+
+
+@register_method("raw_attention")
+def _raw_attention(inputs: MethodInputs) -> torch.Tensor:
+    """The last block's [class] attention to each patch, averaged over heads."""
+    return raw_attention(inputs.trace)
+
+
+@register_method("rollout")
+def _rollout(inputs: MethodInputs) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020), residual-aware."""
+    return attention_rollout(inputs.trace)
+
+
+@register_method("attention_gradcam")
+def _attention_gradcam(inputs: MethodInputs) -> torch.Tensor:
+    """Gradient x attention of the last block (Chefer et al.'s "GradCAM" row)."""
+    return attention_gradcam(inputs.trace)
+
+
+@register_method("generic_attention")
+def _generic_attention(inputs: MethodInputs) -> torch.Tensor:
+    """Chefer et al.'s generic attention explainability (ICCV 2021)."""
+    return generic_attention(inputs.trace)
+
+
+@register_method("gradcam")
+def _gradcam(inputs: MethodInputs) -> torch.Tensor:
+    """Grad-CAM on the last block's patch tokens (pytorch-grad-cam's ViT recipe)."""
+    return gradcam_tokens(inputs.adapter.model, inputs.x, inputs.target, adapter=inputs.adapter)
+
+
+@register_method("input_x_gradient", input_grad=True)
+def _input_x_gradient(inputs: MethodInputs) -> torch.Tensor:
+    """Input x gradient, summed over channels, positive part (pixel resolution)."""
+    return input_x_gradient(inputs.x, inputs.trace).clamp_min(0)

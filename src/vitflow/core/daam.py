@@ -11,6 +11,8 @@ from typing import Literal
 
 import torch
 
+from vitflow.core.maps import minmax
+
 Rho = Literal["relu", "identity"]
 
 
@@ -108,11 +110,7 @@ def block_map(relevance: torch.Tensor, prefix_tokens: int, grid: tuple[int, int]
 
 def minmax_per_map(maps: torch.Tensor) -> torch.Tensor:
     """Min-max normalise each ``(h, w)`` map of ``(..., h, w)`` to [0, 1]; a constant map becomes 0."""
-    flat = maps.flatten(-2)
-    lo = flat.amin(dim=-1, keepdim=True)
-    span = flat.amax(dim=-1, keepdim=True) - lo
-    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
-    return out.reshape(maps.shape)
+    return minmax(maps.flatten(-2)).reshape(maps.shape)
 
 
 def accumulate(

@@ -1,5 +1,7 @@
-"""Evaluation of explanations; each metric is self-contained and batched."""
+"""Evaluation of explanations; each metric is self-contained, batched, and registered where it is
+defined (:data:`vitflow.registry.METRICS`)."""
 
+from vitflow.metrics.context import ScoringContext
 from vitflow.metrics.faithfulness import confidence_change, deletion_insertion, perturbation_test
 from vitflow.metrics.localization import (
     energy_pointing_game,
@@ -8,8 +10,11 @@ from vitflow.metrics.localization import (
     upsample_maps,
 )
 from vitflow.metrics.sanity import cascading_randomization, spearman
+from vitflow.registry import METRICS
 
 __all__ = [
+    "METRICS",
+    "ScoringContext",
     "cascading_randomization",
     "confidence_change",
     "deletion_insertion",

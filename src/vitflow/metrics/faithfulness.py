@@ -12,7 +12,10 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from vitflow.core.maps import minmax
+from vitflow.metrics.context import ScoringContext
 from vitflow.metrics.localization import upsample_maps
+from vitflow.registry import register_metric
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -113,32 +116,33 @@ def deletion_insertion(
     fill: float = 0.0,
     blur_sigma: float = 5.0,
     batch_size: int = 32,
+    which: Sequence[str] = ("deletion", "insertion"),
 ) -> dict[str, torch.Tensor]:
     """RISE's deletion and insertion: the target's probability while pixels are deleted (set to
     ``fill``) or inserted into a blurred copy, most relevant first, in ``steps`` equal steps.
 
     Returns ``deletion`` and ``insertion`` curves ``(B, steps + 1)`` and ``deletion_auc`` (lower is
-    better) and ``insertion_auc`` (higher is better), ``(B,)``.
+    better) and ``insertion_auc`` (higher is better), ``(B,)``; only the sweeps named in ``which``.
     """
     height, width = x.shape[-2:]
     order = _ranks(maps, (height, width))
     counts = [round(s * height * width / steps) for s in range(steps + 1)]
     grid = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    blurred = _blur(x, blur_sigma)
-    deletion, insertion = [], []
-    for i in range(len(x)):
-        t = int(target[i])
-        gone, _ = _sweep(forward, x[i], order[i], t, counts, x[i], torch.full_like(x[i], fill), batch_size)
-        added, _ = _sweep(forward, x[i], order[i], t, counts, blurred[i], x[i], batch_size)
-        deletion.append(gone.double().cpu())
-        insertion.append(added.double().cpu())
-    deletion, insertion = torch.stack(deletion), torch.stack(insertion)
-    return {
-        "deletion": deletion,
-        "insertion": insertion,
-        "deletion_auc": _auc(deletion, grid),
-        "insertion_auc": _auc(insertion, grid),
-    }
+    # (start from, pixels brought in) per sweep: deletion fills the image, insertion un-blurs it
+    sweeps = {"deletion": lambda i: (x[i], torch.full_like(x[i], fill))}
+    if "insertion" in which:
+        blurred = _blur(x, blur_sigma)
+        sweeps["insertion"] = lambda i: (blurred[i], x[i])
+    out = {}
+    for name in which:
+        curves = []
+        for i in range(len(x)):
+            start_from, source = sweeps[name](i)
+            curve, _ = _sweep(forward, x[i], order[i], int(target[i]), counts, start_from, source, batch_size)
+            curves.append(curve.double().cpu())
+        out[name] = torch.stack(curves)
+        out[f"{name}_auc"] = _auc(out[name], grid)
+    return out
 
 
 @torch.no_grad()
@@ -148,9 +152,7 @@ def confidence_change(forward: Forward, x: torch.Tensor, maps: torch.Tensor, tar
     ``increase`` (``o > p``) and their means ``average_drop`` (%, lower is better) and
     ``increase_in_confidence`` (%, higher is better)."""
     big = upsample_maps(maps, x.shape[-2:])
-    low = big.flatten(1).amin(1)[:, None, None]
-    span = big.flatten(1).amax(1)[:, None, None] - low
-    unit = torch.where(span > 0, (big - low) / span.clamp_min(1e-30), torch.zeros_like(big))
+    unit = minmax(big.flatten(1)).reshape(big.shape)
     index = torch.arange(len(x), device=x.device)
     original = forward(x).softmax(1)[index, target]
     masked = forward(x * unit[:, None]).softmax(1)[index, target]
@@ -162,3 +164,46 @@ def confidence_change(forward: Forward, x: torch.Tensor, maps: torch.Tensor, tar
         "average_drop": 100 * float(drop.mean()),
         "increase_in_confidence": 100 * float(increase.double().mean()),
     }
+
+
+# -- the registry: what `vitflow evaluate --metrics` offers ------------------------------------
+
+
+@register_metric("perturbation_pos", higher_is_better=False, needs_mask=False, per_block=True)
+def _perturbation_pos(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Top-1 accuracy AUC while the most relevant pixels are removed (10%..90%)."""
+    return perturbation_test(context.forward, context.x, maps, context.target)["auc_accuracy"]
+
+
+@register_metric("perturbation_neg", higher_is_better=True, needs_mask=False)
+def _perturbation_neg(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Top-1 accuracy AUC while the least relevant pixels are removed."""
+    return perturbation_test(context.forward, context.x, maps, context.target, positive=False)["auc_accuracy"]
+
+
+@register_metric("deletion", higher_is_better=False, needs_mask=False)
+def _deletion(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Target probability AUC while pixels are deleted, most relevant first (RISE)."""
+    return deletion_insertion(context.forward, context.x, maps, context.target, which=("deletion",))[
+        "deletion_auc"
+    ]
+
+
+@register_metric("insertion", higher_is_better=True, needs_mask=False, per_block=True)
+def _insertion(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Target probability AUC while pixels are inserted into a blurred copy (RISE)."""
+    return deletion_insertion(context.forward, context.x, maps, context.target, which=("insertion",))[
+        "insertion_auc"
+    ]
+
+
+@register_metric("average_drop", higher_is_better=False, needs_mask=False)
+def _average_drop(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Drop in confidence (%) when the image is multiplied by its normalised map."""
+    return 100 * confidence_change(context.forward, context.x, maps, context.target)["drop"]
+
+
+@register_metric("increase", higher_is_better=True, needs_mask=False)
+def _increase(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Whether confidence rises (%) when the image is multiplied by its normalised map."""
+    return 100 * confidence_change(context.forward, context.x, maps, context.target)["increase"].double()

@@ -8,12 +8,15 @@ overlays show them.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from vitflow.core.maps import minmax, upsample
+from vitflow.metrics.context import ScoringContext
+from vitflow.registry import register_metric
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(B, h, w)`` maps -> ``(B, H, W)``, bilinear (half-pixel centres), as overlays show them."""
-    return F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    """``(B, h, w)`` maps -> ``(B, H, W)`` float32, bilinear (half-pixel centres), as overlays show them."""
+    return upsample(maps.float(), size)
 
 
 def _prepare(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +74,7 @@ def segmentation_scores(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, to
     and background IoU) and ``ap`` (average precision of the normalised map for the foreground),
     each ``(B,)``."""
     big, truth = _prepare(maps, masks)
-    low, high = big.amin(dim=1, keepdim=True), big.amax(dim=1, keepdim=True)
-    unit = torch.where(high > low, (big - low) / (high - low).clamp_min(1e-30), torch.zeros_like(big))
+    unit = minmax(big)
     predicted = unit > unit.mean(dim=1, keepdim=True)
     accuracy = (predicted == truth).double().mean(dim=1)
     ious = []
@@ -85,3 +87,36 @@ def segmentation_scores(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, to
         "miou": (ious[0] + ious[1]) / 2,
         "ap": _average_precision(unit, truth),
     }
+
+
+# -- the registry: what `vitflow evaluate --metrics` offers ------------------------------------
+
+
+@register_metric("pointing_game", higher_is_better=True, needs_mask=True, per_block=True)
+def _pointing_game(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Whether the map's maximum lies on the object."""
+    return pointing_game(maps, context.masks).double()
+
+
+@register_metric("energy", higher_is_better=True, needs_mask=True, per_block=True)
+def _energy(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Share of the map's mass on the object (energy-based pointing game)."""
+    return energy_pointing_game(maps, context.masks).double()
+
+
+@register_metric("pixel_accuracy", higher_is_better=True, needs_mask=True, per_block=True)
+def _pixel_accuracy(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Pixel accuracy of the map binarised at its mean (Chefer et al.'s segmentation test)."""
+    return segmentation_scores(maps, context.masks)["pixel_accuracy"]
+
+
+@register_metric("miou", higher_is_better=True, needs_mask=True, per_block=True)
+def _miou(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Mean of foreground and background IoU of the binarised map."""
+    return segmentation_scores(maps, context.masks)["miou"]
+
+
+@register_metric("ap", higher_is_better=True, needs_mask=True, per_block=True)
+def _ap(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
+    """Average precision of the normalised map for the object's pixels."""
+    return segmentation_scores(maps, context.masks)["ap"]

@@ -6,7 +6,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from vitflow.core.maps import upsample
 
 Mode = Literal["sigmoid", "global", "minmax"]
 MODES: tuple[str, ...] = ("sigmoid", "global", "minmax")
@@ -99,7 +100,5 @@ def scale_to_uint8(maps: torch.Tensor | np.ndarray, size: tuple[int, int] | None
 
 def resize_uint8(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (half-pixel centres) of ``(L, h, w)`` uint8 maps to ``size = (H, W)``."""
-    resized = F.interpolate(
-        torch.from_numpy(maps).float()[:, None], size=tuple(size), mode="bilinear", align_corners=False
-    )
-    return resized[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+    resized = upsample(torch.from_numpy(maps).float(), size)
+    return resized.round().clamp(0, 255).to(torch.uint8).numpy()

@@ -20,23 +20,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitflow.version import __version__
+from vitflow.adapters import Adapter, resolve_adapter
 from vitflow.data.folders import LabelledImages
 from vitflow.data.images import ImageLoadError, load_image
 from vitflow.files import write_json_atomic
 from vitflow.progress import Progress
 from vitflow.targets.bank import MemoryBank, model_identity
+from vitflow.version import __version__
 
 
 @torch.no_grad()
-def compute_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The feature ``f`` a bank stores for a batch: the backbone's output, L2-normalised, ``(B, D)``."""
-    features = model(x)
-    if not isinstance(features, torch.Tensor) or features.ndim != 2:
+def compute_features(model: nn.Module, x: torch.Tensor, adapter: Adapter | None = None) -> torch.Tensor:
+    """The feature ``f`` a bank stores for a batch: the backbone's output (read through its
+    adapter, e.g. a transformers model's ``pooler_output``), L2-normalised, ``(B, D)``."""
+    adapter = adapter or resolve_adapter(model)
+    try:
+        features = adapter.forward(x)
+    except TypeError as error:
         raise ValueError(
-            f"{type(model).__name__} must return (B, D) features for a memory bank, got "
-            f"{getattr(features, 'shape', type(features).__name__)}; create it with num_classes=0"
-        )
+            f"{error}; a memory bank needs (B, D) features: create the model with num_classes=0"
+        ) from None
     return F.normalize(features.float(), dim=1)
 
 
@@ -82,6 +85,7 @@ def build_bank(
     chunks = range(0, len(images), chunk_images)
     bar = Progress(len(images), "bank", progress)
     model = model.eval()
+    adapter = resolve_adapter(model)
     for start in chunks:
         chunk_file = parts / f"chunk_{start // chunk_images:06d}.safetensors"
         stop = min(start + chunk_images, len(images))
@@ -98,7 +102,7 @@ def build_bank(
                 except ImageLoadError as error:
                     report(str(error))
             if tensors:
-                features.append(compute_features(model, torch.stack(tensors).to(device)).cpu())
+                features.append(compute_features(model, torch.stack(tensors).to(device), adapter).cpu())
                 kept += indices
             bar.update(min(batch_start + batch_size, stop) - batch_start)
         dtype = torch.float16 if half else torch.float32

@@ -1,0 +1,34 @@
+"""DAAM and its variants as registered methods: all read one DAAM pass and differ only in how
+the same per-block maps are accumulated."""
+
+from __future__ import annotations
+
+import torch
+
+from vitflow.baselines.inputs import MethodInputs
+from vitflow.core.daam import accumulate
+from vitflow.registry import register_method
+
+
+@register_method("daam")
+def daam(inputs: MethodInputs) -> torch.Tensor:
+    """DAAM, the paper's method: per-block maps accumulated from the first block to the last."""
+    return inputs.daam.final
+
+
+@register_method("daam_last_block")
+def daam_last_block(inputs: MethodInputs) -> torch.Tensor:
+    """DAAM's map of the last block alone (no accumulation)."""
+    return inputs.daam.block_maps[:, -1]
+
+
+@register_method("daam_block_norm")
+def daam_block_norm(inputs: MethodInputs) -> torch.Tensor:
+    """DAAM with every block map min-max normalised before accumulating (the published --norm)."""
+    return accumulate(inputs.daam.block_maps, normalize_blocks=True)[:, -1]
+
+
+@register_method(r"daam_from_(\d+)", pattern=True, display="daam_from_K")
+def daam_from(inputs: MethodInputs, start_block: str) -> torch.Tensor:
+    """DAAM accumulated from block K on (1-based)."""
+    return accumulate(inputs.daam.block_maps, start_block=int(start_block))[:, -1]
