@@ -129,7 +129,7 @@ def test_bad_images_are_reported_one_line_each_and_the_rest_processed(workspace,
     assert "corrupt.jpg: unreadable or corrupt image" in err[0]
     assert "missing.png: no such file" in err[1]
     assert "notes.jpg: not an image file" in err[2]
-    assert err[-1] == "vitflow: error: 3 of 4 images failed"
+    assert err[-1] == "vitflow: error: 3 of 4 images failed (1 explained)"
     manifest = json.loads((out / "square" / "manifest.json").read_text())
     assert manifest["target"]["index"] == 2
     assert not (out / "corrupt").exists() and not list(out.rglob("*.tmp"))

@@ -51,7 +51,7 @@ def test_evaluate_writes_results_and_resumes(tmp_path, capsys):
     ] == "method,pointing_game,energy,ap,perturbation_pos"
     assert (tmp_path / "eval" / "per_block.png").stat().st_size > 1000
     assert main([*args[:-1], "pointing_game,nonsense"]) == 2
-    assert "unknown methods/metrics ['nonsense']" in capsys.readouterr().err
+    assert "unknown metric 'nonsense'; known: pointing_game" in capsys.readouterr().err
 
 
 def test_ilsvrc_box_annotations_become_masks(tmp_path):

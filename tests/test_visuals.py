@@ -2,7 +2,6 @@
 
 import base64
 import io
-import json
 import os
 import re
 import shutil
@@ -230,4 +229,3 @@ def test_mp4_writer_pads_odd_sizes_and_refuses_empty(tmp_path):
     assert len(list(reader)) == 3
     with pytest.raises(ValueError, match="at least one frame"):
         write_mp4([], tmp_path / "none.mp4")
-    assert json.dumps({"ok": True})

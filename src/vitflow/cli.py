@@ -401,8 +401,11 @@ def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
     if report.total == 0:
         _error(f"no images found in {', '.join(images)}")
         return EXIT_USAGE
-    print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
-    return EXIT_SOME_FAILED if report.failures else EXIT_OK
+    if report.failures:
+        _error(report.summary())
+        return EXIT_SOME_FAILED
+    print(report.summary())
+    return EXIT_OK
 
 
 def _note(message: str) -> None:
@@ -514,9 +517,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from vitflow.progress import Progress
 
     failures: list[str] = []
+    progress = None
 
     def report(message: str) -> None:
         failures.append(message)
+        if progress is not None:
+            progress.clear()
         _error(message)
 
     try:

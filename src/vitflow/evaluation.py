@@ -188,6 +188,7 @@ def evaluate(
         progress.update(len(items) - len(todo))
     model = model.eval().to(device)
     adapter = resolve_adapter(model, adapter)
+    methods, notes = applicable_methods(adapter, methods)
     report = on_error or (lambda message: None)
     failed = 0
     for start in range(0, len(todo), batch_size):
@@ -236,7 +237,21 @@ def evaluate(
         raise ValueError(f"none of the {len(items)} items could be evaluated (no image could be read)")
     summary = summarize(out, methods, metrics)
     summary["failed"] = failed
+    summary["notes"] = notes + summary.get("notes", [])
     return summary
+
+
+def applicable_methods(adapter: Adapter, methods: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The methods that are defined for the adapter's model, and a note on any left out."""
+    if adapter.full_attention():
+        return list(methods), []
+    kept = [m for m in methods if not METHODS.lookup(m)[0].info.get("full_attention")]
+    dropped = [m for m in methods if m not in kept]
+    if not dropped:
+        return kept, []
+    name = type(adapter.model).__name__
+    return kept, [f"{', '.join(dropped)} left out: {name}'s class-attention blocks have no token-to-token "
+                  "attention to propagate"]  # fmt: skip
 
 
 def sanity_check(
@@ -254,11 +269,11 @@ def sanity_check(
     for its true class: the mean Spearman rank correlation between a method's map of the trained
     model and its map after re-initialising the top ``k`` blocks, ``k = 1..L``. All methods see the
     same randomised models. Writes ``OUT/sanity.json`` and ``OUT/sanity.md``; returns the dict."""
-    methods = list(methods or method_names())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval().to(device)
     adapter = resolve_adapter(model, adapter)
+    methods, _ = applicable_methods(adapter, methods or method_names())
 
     def adapter_for(m: nn.Module) -> Adapter:  # the randomised copy is the same family
         return adapter if m is adapter.model else type(adapter)(m)

@@ -82,14 +82,38 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 
 @contextmanager
 def quiet_hub():
-    """Keep the hub client's retry warnings off the console; the caller reports one line."""
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Keep the hub client's retry warnings, transformers' load reports and progress bars off the
+    console; the caller reports one line."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "transformers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    bars = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    progress = _transformers_progress(False)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        if bars is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = bars
+        if progress:
+            _transformers_progress(True)
+
+
+def _transformers_progress(enabled: bool) -> bool:
+    """Turn transformers' progress bars on or off if it is imported; returns whether they were on."""
+    import sys
+
+    module = sys.modules.get("transformers.utils.logging")
+    if module is None:
+        return False
+    was = module.is_progress_bar_enabled()
+    (module.enable_progress_bar if enabled else module.disable_progress_bar)()
+    return was
 
 
 def load_timm_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs) -> nn.Module:
@@ -139,7 +163,10 @@ def _timm_image_size(model: nn.Module, state: dict[str, torch.Tensor]) -> int | 
     patch_embed = getattr(model, "patch_embed", None)
     if pos is None or own is None or patch_embed is None or pos.ndim != 3 or pos.shape == own.shape:
         return None
-    prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+    own_patches = getattr(patch_embed, "num_patches", None)
+    if own_patches is None:
+        return None
+    prefix = own.shape[1] - own_patches  # position rows of prefix tokens (0 for CaiT, no_embed_class)
     patches = pos.shape[1] - prefix
     side = math.isqrt(max(patches, 0))
     patch = patch_embed.patch_size

@@ -103,10 +103,14 @@ def _hf(name, checkpoint, headless, texts, img_size=None):
         with quiet_hub():
             config = transformers.AutoConfig.from_pretrained(name)
             architectures = config.architectures or []
-            if config.model_type == "clip":
+            named = getattr(transformers, architectures[0], None) if architectures else None
+            classifier = any("ImageClassification" in a for a in architectures)
+            if config.model_type == "clip":  # a whole CLIP: its vision tower and projection
                 model = transformers.CLIPVisionModelWithProjection.from_pretrained(name)
-            elif not headless and any("ImageClassification" in a for a in architectures):
+            elif classifier and not headless:
                 model = transformers.AutoModelForImageClassification.from_pretrained(name)
+            elif named is not None and not classifier:  # the saved class, e.g. a projection head kept
+                model = named.from_pretrained(name)
             else:
                 model = transformers.AutoModel.from_pretrained(name)
             processor = transformers.AutoImageProcessor.from_pretrained(name)
@@ -227,7 +231,7 @@ def _open_clip(name, checkpoint, headless, texts, img_size=None):
     tokenizer = open_clip.get_tokenizer(architecture)
     with torch.no_grad():
         embeddings = model.encode_text(tokenizer(list(texts)))
-    scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
+    scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
     return LoadedModel(TextClassifier(visual, embeddings, scale).eval(), preprocessing, list(texts), label)
 
 

@@ -38,7 +38,9 @@ class ExplainReport:
         return not self.failures
 
     def summary(self) -> str:
-        return f"explained {len(self.manifests)} of {self.total} images; {len(self.failures)} failed"
+        if self.failures:
+            return f"{len(self.failures)} of {self.total} images failed ({len(self.manifests)} explained)"
+        return f"explained {len(self.manifests)} of {self.total} images"
 
 
 def image_jobs(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> list[tuple[Path, Path]]:
@@ -112,14 +114,19 @@ def explain_files(
             f"got {len(target)} targets for {len(jobs)} images; give one per image or one for all"
         )
 
+    bar = Progress(len(jobs), "explain", enabled=progress and len(jobs) > 1)
+
+    def tell(callback: Callable | None, *args) -> None:
+        if callback is not None:
+            bar.clear()
+            callback(*args)
+
     def fail(message: str) -> None:
         report.failures.append(message)
-        if on_error is not None:
-            on_error(message)
+        tell(on_error, message)
 
     device = torch.device(device)
     model = model.to(device)
-    bar = Progress(len(jobs), "explain", enabled=progress and len(jobs) > 1)
     written: list[tuple[Path, dict]] = []
     with DAAM(model, rho=rho, normalize_blocks=normalize_blocks, adapter=adapter) as daam:
         for start in range(0, len(jobs), batch_size):
@@ -139,8 +146,7 @@ def explain_files(
             result = daam(x, target=explained)
             for i, (_, path, folder, _, notes) in enumerate(batch):
                 for note in notes:
-                    if on_note is not None:
-                        on_note(f"{path}: {note}")
+                    tell(on_note, f"{path}: {note}")
                 fields = {
                     **(metadata or {}),
                     "image": str(path),
@@ -161,8 +167,7 @@ def explain_files(
                     bar.update(1)
                 report.manifests.append(manifest)
                 written.append((folder, manifest))
-                if on_done is not None:
-                    on_done(folder, manifest)
+                tell(on_done, folder, manifest)
     bar.close()
     if options.html and written:
         _write_index(Path(out), written, str((metadata or {}).get("model", "")))

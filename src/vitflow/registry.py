@@ -82,7 +82,9 @@ METRICS = Registry("metric")
 def register_method(name: str, *, pattern: bool = False, **info: Any) -> Callable:
     """Register an explanation method ``fn(inputs: MethodInputs[, *groups]) -> (B, h, w)`` maps
     (see :class:`vitflow.baselines.inputs.MethodInputs`). ``info``: ``input_grad=True`` when it
-    reads ``inputs.trace.input_grad``; ``display`` names a pattern in listings."""
+    reads ``inputs.trace.input_grad``; ``full_attention=True`` when it propagates token-to-token
+    attention through every block (not defined for class-attention models such as CaiT);
+    ``display`` names a pattern in listings."""
     return METHODS.register(name, pattern=pattern, **info)
 
 

@@ -245,6 +245,11 @@ class Adapter(ABC):
             "whose logits() extracts the scores"
         )
 
+    def full_attention(self) -> bool:
+        """Whether every explained block is token-to-token self-attention (``N x N``); ``False``
+        for class-attention blocks, where only the [class] token queries (CaiT)."""
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` logits (or features of a headless backbone) for ``x``: how every part of the
         package outside :class:`~vitflow.capture.Capture` runs the model (metrics, evaluation,
@@ -317,6 +322,9 @@ class OverrideAdapter(Adapter):
 
     def blocks(self) -> Sequence[nn.Module]:
         return self.inner.blocks()
+
+    def full_attention(self) -> bool:
+        return self.inner.full_attention()
 
     def gradcam_layer(self) -> nn.Module:
         return self.inner.gradcam_layer()

@@ -46,7 +46,7 @@ class MultiheadAttentionSite(AttentionSite):
             with torch.no_grad():
                 q, k, v = F.linear(x.detach(), mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
             record.value(split_heads(v, heads))
-            record.query(split_heads(q[:, :1], heads))
+            record.query(split_heads(q, heads))
             record.key(split_heads(k, heads))
 
         def on_output(_module, _args, output):

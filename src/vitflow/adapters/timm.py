@@ -122,6 +122,9 @@ class TimmAdapter(Adapter):
             ]
         return [TimmAttentionSite(block.attn, i, self._name) for i, block in enumerate(self.model.blocks)]
 
+    def full_attention(self) -> bool:
+        return self.class_attention_blocks() is None
+
     def blocks(self) -> Sequence[nn.Module]:
         class_blocks = self.class_attention_blocks()
         return list(class_blocks if class_blocks is not None else self.model.blocks)

@@ -126,7 +126,7 @@ def _raw_attention(inputs: MethodInputs) -> torch.Tensor:
     return raw_attention(inputs.trace)
 
 
-@register_method("rollout")
+@register_method("rollout", full_attention=True)
 def _rollout(inputs: MethodInputs) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema 2020), residual-aware."""
     return attention_rollout(inputs.trace)
@@ -138,7 +138,7 @@ def _attention_gradcam(inputs: MethodInputs) -> torch.Tensor:
     return attention_gradcam(inputs.trace)
 
 
-@register_method("generic_attention")
+@register_method("generic_attention", full_attention=True)
 def _generic_attention(inputs: MethodInputs) -> torch.Tensor:
     """Chefer et al.'s generic attention explainability (ICCV 2021)."""
     return generic_attention(inputs.trace)

@@ -100,6 +100,7 @@ def build_bank(
                     tensors.append(preprocess(load_image(images.paths[i])))
                     indices.append(i)
                 except ImageLoadError as error:
+                    bar.clear()
                     report(str(error))
             if tensors:
                 features.append(compute_features(model, torch.stack(tensors).to(device), adapter).cpu())
