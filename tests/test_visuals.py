@@ -76,7 +76,7 @@ def _explain_run(run, capsys, extra=()):
 def test_gif_and_mp4_have_one_frame_per_block_that_change_as_the_maps_do(run, capsys):
     code, captured = _explain_run(run, capsys)
     assert code == 0
-    assert "explain: 2/2 images" in captured.err  # progress on a multi-image run
+    assert "explained 2 of 2 images" in captured.out
     folder = run[0] / "out" / "one"
     gif = Image.open(folder / "flow.gif")
     assert gif.n_frames == 6 and gif.size == (160, 160) and gif.info["loop"] == 0

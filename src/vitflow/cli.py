@@ -343,15 +343,18 @@ def _load(args: argparse.Namespace, headless: bool = False, texts=None):
 
 def _check_render_options(args: argparse.Namespace) -> tuple[int, ...] | None:
     """Fail on bad or unavailable render options before any work; returns the figure blocks."""
-    from importlib.util import find_spec
+    from importlib import import_module
 
     from vitflow.render import colormap_lut
 
     colormap_lut(args.cmap)
-    if args.figure and find_spec("matplotlib") is None:
-        raise ValueError("--figure needs matplotlib: pip install 'vitflow[cli]'")
-    if args.mp4 and find_spec("imageio_ffmpeg") is None:
-        raise ValueError("--mp4 needs imageio-ffmpeg: pip install 'vitflow[cli]'")
+    extras = (("figure", "matplotlib", "matplotlib"), ("mp4", "imageio_ffmpeg", "imageio-ffmpeg"))
+    for wanted, module, package in extras:
+        if getattr(args, wanted):
+            try:
+                import_module(module)
+            except ImportError:
+                raise ValueError(f"--{wanted} needs {package}: pip install 'vitflow[cli]'") from None
     if not args.figure_blocks:
         return None
     try:
@@ -423,8 +426,7 @@ def _explain(args: argparse.Namespace) -> int:
         _error("--target and --bank exclude each other: with a bank the k-NN prediction is explained")
         return EXIT_USAGE
     if args.model is None:
-        print("no --model given: using the bundled demo ViT (trained on vitflow's synthetic scenes only)",
-              file=sys.stderr)  # fmt: skip
+        _note("no --model given: using the bundled demo ViT (trained on vitflow's synthetic scenes only)")
     return _explain_files(args, args.images)
 
 
@@ -513,7 +515,7 @@ def _bank_info(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from vitflow.evaluation import dataset_classes, evaluate, read_items, sanity_check
+    from vitflow.evaluation import check_names, dataset_classes, evaluate, read_items, sanity_check
     from vitflow.progress import Progress
 
     failures: list[str] = []
@@ -526,6 +528,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         _error(message)
 
     try:
+        per_block = [m for m in args.per_block_metrics.split(",") if m]
+        check_names(args.methods.split(","), [*args.metrics.split(","), *per_block])
         device = _device(args.device)
         texts = None
         if args.model and args.model.startswith("open_clip:") and not args.text:
@@ -536,7 +540,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         summary = evaluate(
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),
             metrics=args.metrics.split(","), batch_size=args.batch_size, device=device, progress=progress,
-            per_block_metrics=[m for m in args.per_block_metrics.split(",") if m], on_error=report,
+            per_block_metrics=per_block, on_error=report,
         )  # fmt: skip
         progress.close()
         if args.sanity:

@@ -41,6 +41,14 @@ def default_per_block_metrics() -> list[str]:
     return [e.name for e in METRICS.entries() if e.info.get("per_block")]
 
 
+def check_names(methods: Sequence[str], metrics: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the known ones for an unknown method or metric."""
+    for name in methods:
+        METHODS.lookup(name)
+    for name in metrics:
+        METRICS.lookup(name)
+
+
 def higher_is_better(metric: str) -> bool:
     return METRICS.lookup(metric)[0].info["higher_is_better"]
 
@@ -171,10 +179,7 @@ def evaluate(
     methods = list(methods or method_names())
     metrics = list(metrics or metric_names())
     per_block_metrics = default_per_block_metrics() if per_block_metrics is None else list(per_block_metrics)
-    for name in methods:
-        METHODS.lookup(name)  # raises ValueError naming the known ones
-    for name in [*metrics, *per_block_metrics]:
-        METRICS.lookup(name)
+    check_names(methods, [*metrics, *per_block_metrics])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records_file = out / "records.jsonl"

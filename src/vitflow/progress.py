@@ -14,7 +14,7 @@ class Progress:
     def __init__(self, total: int, label: str, enabled: bool = True, stream=None) -> None:
         self.stream = stream or sys.stderr
         self.total, self.label = total, label
-        self.enabled = enabled and (stream is not None or getattr(self.stream, "isatty", lambda: False)())
+        self.enabled = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
         self.done, self.start, self.last = 0, time.monotonic(), 0.0
         self.drawn = False
 
