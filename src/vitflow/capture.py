@@ -146,6 +146,12 @@ class Capture:
                     self._check_records(x.shape[0])
                 wrt = inputs if input_grad else self.records[0].output
                 grads = torch.autograd.grad(scored.scores.sum(), [wrt])
+            for record in self.records:
+                if not record.has_gradient():
+                    raise DecompositionError(
+                        f"{self.model_name}: block {record.index} received no gradient; its attention "
+                        "output does not reach the explained score"
+                    )
             yield Pass(logits, scored, explained, grads[0].detach() if input_grad else None)
         finally:
             for p in params:

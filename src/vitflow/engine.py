@@ -98,17 +98,11 @@ class DAAM:
 
     def _result(self, x: torch.Tensor, logits: torch.Tensor, scored: TargetScores, rho: Rho) -> DAAMResult:
         prefix = self.adapter.prefix_tokens()
-        name = self._capture.model_name
         grid = self.adapter.grid((x.shape[-2], x.shape[-1]))
         relevance = []
         # Maps are made in at least float32, also when the caller runs the model under autocast.
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             for record in self._capture.records:
-                if record.coefficients is None:
-                    raise DecompositionError(
-                        f"{name}: block {record.index} received no gradient; its attention "
-                        "output does not reach the explained score"
-                    )
                 work = record.attn_row.dtype
                 relevance.append(
                     token_relevance(record.attn_row, record.v.to(work), record.coefficients.to(work), rho)

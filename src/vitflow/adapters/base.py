@@ -86,6 +86,10 @@ class BlockRecord:
         out.register_hook(self._store_coefficients)
         return out
 
+    def has_gradient(self) -> bool:
+        """Whether the backward pass reached this block's attention output."""
+        return self.coefficients is not None
+
     def _store_coefficients(self, grad: torch.Tensor) -> None:
         cls_grad = grad[:, 0].detach()
         if self.out_weight is not None:

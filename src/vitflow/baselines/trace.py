@@ -42,6 +42,9 @@ class FullBlockRecord(BlockRecord):
             grad = grad @ self.out_weight.to(grad.dtype)
         self.output_grad = grad
 
+    def has_gradient(self) -> bool:
+        return self.output_grad is not None
+
     def clear(self) -> None:
         super().clear()
         self.q = self.k = self.output_grad = None
