@@ -95,3 +95,17 @@ def register_metric(
     computed for DAAM's map after every block by default."""
     info = {"higher_is_better": higher_is_better, "needs_mask": needs_mask, "per_block": per_block}
     return METRICS.register(name, **info)
+
+
+def markdown(registry: Registry) -> str:
+    """The registry as a Markdown table (the README's tables are this, checked by a test)."""
+    if registry is METRICS:
+        rows = ["| metric | better | needs masks | what it measures |", "|---|---|---|---|"]
+        for e in registry.entries():
+            better = "higher" if e.info["higher_is_better"] else "lower"
+            masks = "yes" if e.info["needs_mask"] else "no"
+            rows.append(f"| `{e.name}` | {better} | {masks} | {e.summary} |")
+    else:
+        rows = [f"| {registry.kind} | what it is |", "|---|---|"]
+        rows += [f"| `{e.info.get('display', e.name)}` | {e.summary} |" for e in registry.entries()]
+    return "\n".join(rows) + "\n"
