@@ -204,6 +204,16 @@ def _open_clip(name, checkpoint, headless, texts, img_size=None):
     except ImportError:
         raise ModelLoadError("open_clip: models need open_clip: pip install open_clip_torch") from None
     architecture, _, pretrained = name.partition("/")
+    if not headless and not texts:
+        raise ModelLoadError(
+            "open_clip models output image embeddings: give the texts to compare with "
+            "(--text 'a photo of a cat' --text 'a photo of a dog') or a memory bank (--bank)"
+        )
+    if not pretrained and checkpoint is None:
+        raise ModelLoadError(
+            f"open_clip:{name} names no weights: add a pretrained tag (open_clip:{architecture}/openai, "
+            "see open_clip.list_pretrained()) or give --checkpoint FILE"
+        )
     try:
         with quiet_hub():
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -223,11 +233,6 @@ def _open_clip(name, checkpoint, headless, texts, img_size=None):
     label = f"open_clip:{name}"
     if headless:  # a backbone for memory banks: the image embedding
         return LoadedModel(visual, preprocessing, None, label)
-    if not texts:
-        raise ModelLoadError(
-            "open_clip models output image embeddings: give the texts to compare with "
-            "(--text 'a photo of a cat' --text 'a photo of a dog') or a memory bank (--bank)"
-        )
     tokenizer = open_clip.get_tokenizer(architecture)
     with torch.no_grad():
         embeddings = model.encode_text(tokenizer(list(texts)))

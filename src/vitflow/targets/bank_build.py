@@ -70,6 +70,8 @@ def build_bank(
     """
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
+    if not out.parent.is_dir() and out.parent.exists():
+        raise ValueError(f"cannot write the bank {out}: {out.parent} is not a folder")
     name = model_name or model_identity(model)
     state = {"model": name, "images": images.digest(), "count": len(images), "chunk_images": chunk_images,
              "half": half}  # fmt: skip
