@@ -83,6 +83,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> 
         with warnings.catch_warnings():
             # the pixel limit is checked below with a message that says how to lift it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # e.g. corrupt EXIF
             limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
                 opened = Image.open(path)
