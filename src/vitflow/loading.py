@@ -84,7 +84,9 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 def quiet_hub():
     """Keep the hub client's retry warnings, transformers' load reports and progress bars off the
     console; the caller reports one line."""
-    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "transformers")]
+    # the root logger too: open_clip warns there ("No pretrained weights loaded") when vitflow
+    # loads a checkpoint itself
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "transformers", None)]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)

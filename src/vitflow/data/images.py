@@ -61,7 +61,7 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode != "RGB":
-        if image.mode not in ("L", "1"):
+        if image.mode not in ("L", "1", "P"):  # grayscale and palette convert without loss
             notes.append(f"converted from {image.mode} to RGB")
         return image.convert("RGB")
     return image
