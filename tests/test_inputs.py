@@ -239,7 +239,7 @@ def test_a_missing_matplotlib_costs_one_picture_not_the_run(tmp_path, monkeypatc
 
 MODES = ["1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "I;16", "I", "F"]
 FORMATS = {
-    "PNG": ("1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I"),
+    "PNG": ("1", "L", "P", "RGB", "RGBA", "LA", "I;16"),
     "JPEG": ("L", "RGB", "CMYK"),
     "GIF": ("L", "P"),
     "TIFF": ("1", "L", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"),
@@ -265,7 +265,7 @@ def image_files(draw):
     buffer = io.BytesIO()
     kwargs = {}
     orientation = draw(st.sampled_from([None, 1, 3, 6, 8]))
-    if orientation and fmt in ("JPEG", "PNG", "TIFF", "WEBP"):
+    if orientation and fmt in ("JPEG", "PNG", "WEBP"):  # (TIFF: Pillow handles its orientation tag itself)
         exif = Image.Exif()
         exif[0x0112] = orientation
         kwargs["exif"] = exif.tobytes()
@@ -276,7 +276,12 @@ def image_files(draw):
     return (data if cut is None else data[:cut]), size, cut is not None
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(case=image_files())
 def test_loader_gives_rgb_of_the_right_size_or_one_clear_error(case, tmp_path):
     data, (height, width), truncated = case
@@ -293,7 +298,7 @@ def test_loader_gives_rgb_of_the_right_size_or_one_clear_error(case, tmp_path):
         assert loaded.image.size == (width, height)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(data=st.binary(max_size=200))
 def test_arbitrary_bytes_are_an_image_or_one_clear_error(data, tmp_path_factory):
     path = tmp_path_factory.mktemp("bytes") / "x.png"
@@ -304,7 +309,7 @@ def test_arbitrary_bytes_are_an_image_or_one_clear_error(data, tmp_path_factory)
         assert "\n" not in str(error) and str(path) in str(error)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     target=st.one_of(
         st.none(),
@@ -341,7 +346,12 @@ def bank_bytes(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(cut=st.integers(0, 2000), flip=st.integers(0, 2000))
 def test_damaged_bank_files_load_or_refuse_with_a_bank_error(bank_bytes, cut, flip, tmp_path_factory):
     data = bytearray(bank_bytes[: max(cut, 1)] if cut < len(bank_bytes) else bank_bytes)

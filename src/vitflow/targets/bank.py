@@ -187,7 +187,9 @@ class MemoryBank:
             raise BankError(
                 f"memory bank {path}: unreadable or corrupt ({str(error).splitlines()[0]})"
             ) from None
-        names = header.pop("class_names")
+        names = header.pop("class_names", None) if isinstance(header, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BankError(f"memory bank {path}: its metadata has no list of class names (damaged file?)")
         for key in ("format", "count", "feature_dim", "dtype"):
             header.pop(key, None)
         try:
