@@ -124,10 +124,22 @@ def _mask_at(mask: np.ndarray, preprocess) -> torch.Tensor:
     return torch.from_numpy(preprocess.to_image(preprocess(picture))[..., 0] > 127)
 
 
-def _inputs(batch: Sequence[Item], preprocess: Preprocessing, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The preprocessed images and their target classes, on ``device``."""
-    x = torch.stack([preprocess(load_image(item.path)) for item in batch]).to(device)
-    return x, torch.tensor([item.target for item in batch], device=device)
+def _inputs(
+    chunk: Sequence[Item], preprocess: Preprocessing, device, report: Callable[[str], None]
+) -> tuple[list[Item], torch.Tensor | None, torch.Tensor | None]:
+    """The items of ``chunk`` whose images could be read, their preprocessed images and target
+    classes on ``device`` (``None`` when none could); each unreadable image is ``report``-ed."""
+    batch, tensors = [], []
+    for item in chunk:
+        try:
+            tensors.append(preprocess(load_image(item.path)))
+            batch.append(item)
+        except ImageLoadError as error:
+            report(str(error))
+    if not batch:
+        return batch, None, None
+    target = torch.tensor([item.target for item in batch], device=device)
+    return batch, torch.stack(tensors).to(device), target
 
 
 def explain_all(adapter: Adapter, x: torch.Tensor, target: torch.Tensor, methods: Sequence[str]) -> dict:
@@ -198,20 +210,12 @@ def evaluate(
     failed = 0
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        batch, tensors = [], []
-        for item in chunk:
-            try:
-                tensors.append(preprocess(load_image(item.path)))
-                batch.append(item)
-            except ImageLoadError as error:
-                failed += 1
-                report(str(error))
+        batch, x, target = _inputs(chunk, preprocess, device, report)
+        failed += len(chunk) - len(batch)
         if progress is not None:
             progress.update(len(chunk) - len(batch))
         if not batch:
             continue
-        x = torch.stack(tensors).to(device)
-        target = torch.tensor([item.target for item in batch], device=device)
         masks = None
         if all(item.mask is not None for item in batch):
             masks = torch.stack([_mask_at(item.mask, preprocess) for item in batch]).to(device)
@@ -284,8 +288,13 @@ def sanity_check(
         return adapter if m is adapter.model else type(adapter)(m)
 
     sums: dict[str, torch.Tensor] = {}
+    used = 0
     for start in range(0, len(items), batch_size):
-        x, target = _inputs(items[start : start + batch_size], preprocess, device)
+        chunk = items[start : start + batch_size]
+        batch, x, target = _inputs(chunk, preprocess, device, lambda message: None)  # evaluate reports them
+        if not batch:
+            continue
+        used += len(batch)
 
         def explain(m: nn.Module, x=x, target=target) -> dict[str, torch.Tensor]:
             maps = explain_all(adapter_for(m), x, target, methods)
@@ -294,8 +303,8 @@ def sanity_check(
         rows = cascading_randomization(adapter.model, explain, lambda m: adapter_for(m).blocks(), seed=seed)
         for name, row in rows.items():
             sums[name] = sums.get(name, 0) + row.double().sum(dim=1).cpu()
-    correlation = {name: (total / len(items)).tolist() for name, total in sums.items()}
-    result = {"items": len(items), "seed": seed, "spearman_after_top_k_randomised": correlation}
+    correlation = {name: (total / used).tolist() for name, total in sums.items()}
+    result = {"items": used, "seed": seed, "spearman_after_top_k_randomised": correlation}
     write_json_atomic(out / "sanity.json", result)
     blocks = len(next(iter(correlation.values())))
     md = ["| method | " + " | ".join(f"top {k}" for k in range(1, blocks + 1)) + " |",
