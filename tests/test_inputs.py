@@ -380,9 +380,20 @@ def test_progress_is_drawn_on_a_terminal_and_cleared_before_report_lines():
     bar.clear()
     stream.write("vitflow: error: x\n")
     text = stream.getvalue()
-    assert text.startswith("\rexplain: 4/4 images") and "\r\033[Kvitflow: error" in text
+    assert text.startswith("\r\033[Kexplain: 4/4 images") and "\r\033[Kvitflow: error" in text
     log = io.StringIO()  # a log file or a pipe: no bar at all
     quiet = Progress(4, "explain", stream=log)
     quiet.update(4)
     quiet.close()
     assert not quiet.enabled and log.getvalue() == ""
+
+
+def test_progress_gives_the_rate_and_the_time_left_counting_only_work_done_now(monkeypatch):
+    from vitflow import progress as progress_module
+
+    clock = iter([100.0, 110.0])  # start, then the moment the line is drawn
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+    bar = progress_module.Progress(1000, "explain", enabled=False)
+    bar.skipped = 400  # done by an earlier run: not part of the rate
+    bar.done = 50  # 50 images in 10 s: 5 img/s; 550 left: 1:50
+    assert bar.line() == "explain: 450/1000 images (5.0 img/s, 1:50 left)"

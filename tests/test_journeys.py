@@ -378,13 +378,13 @@ def test_evaluate_scores_are_the_metric_of_that_methods_own_map(data, tmp_path):
     loaded = load_model(family.options[1], family.options[3])
     items = read_items(data / "scenes")
     from vitflow.adapters import resolve_adapter
-    from vitflow.evaluation import _mask_at
+    from vitflow.evaluation import _mask_at, load_mask
     from vitflow.metrics import ScoringContext
 
     adapter = resolve_adapter(loaded.model)
     x = torch.stack([loaded.preprocessing(load_image(item.path)) for item in items])
     target = torch.tensor([item.target for item in items])
-    masks = torch.stack([_mask_at(item.mask, loaded.preprocessing) for item in items])
+    masks = torch.stack([_mask_at(load_mask(item.mask), loaded.preprocessing) for item in items])
     maps = explain_all(adapter, x, target, method_names())
     context = ScoringContext(adapter.forward, x, target, masks)
     for method in method_names():

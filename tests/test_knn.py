@@ -203,22 +203,21 @@ def test_bank_build_resumes_without_recomputing_finished_chunks(tmp_path, scene_
     def counting(image):
         calls.append(1)
         if crash and len(calls) == 13:
-            raise KeyboardInterrupt  # interrupted in the middle of the third chunk
+            raise KeyboardInterrupt  # interrupted in the middle of the third chunk (6 images a chunk)
         return preprocessing(image)
 
     crash = True
     with pytest.raises(KeyboardInterrupt):
         build_bank(model, counting, images, tmp_path / "b.bank", chunk_images=5, batch_size=2, progress=False)
     assert not (tmp_path / "b.bank").exists()
-    assert sorted(p.name for p in (tmp_path / "b.bank.parts").glob("chunk_*")) == [
-        "chunk_000000.safetensors",
-        "chunk_000001.safetensors",
-    ]
+    finished = sorted(p.name for p in (tmp_path / "b.bank.parts").glob("chunk_*"))
+    assert [name[:12] for name in finished] == ["chunk_000000", "chunk_000001"]  # + a key of their images
+    assert all(name.endswith(".safetensors") for name in finished)
     crash, calls[:] = False, []
     bank = build_bank(
         model, counting, images, tmp_path / "b.bank", chunk_images=5, batch_size=2, progress=False
     )
-    assert len(calls) == 24 - 10
+    assert len(calls) == 24 - 12  # chunk_images=5 is rounded up to whole batches of 2: 6 per chunk
     assert not (tmp_path / "b.bank.parts").exists()
     fresh = build_bank(
         model, counting, images, tmp_path / "c.bank", chunk_images=100, batch_size=8, progress=False

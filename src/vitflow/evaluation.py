@@ -2,14 +2,18 @@
 batches, resumable, with DAAM's per-block curves.
 
 Data: a scenes folder (``images/<class>/*.png`` + ``boxes.json`` with mask files, as written by
-``vitflow scenes``) or any ImageFolder tree (then only mask-free metrics run). Each batch's
-per-image records are appended to ``OUT/records.jsonl``; a rerun skips images already there.
+``vitflow scenes``) or any ImageFolder tree (then only mask-free metrics run). Items are cut into
+chunks of whole batches (:mod:`vitflow.distributed`); each finished chunk's per-image records are
+written atomically to ``OUT/chunks/``, so a rerun (with any number of ranks) skips them. Rank 0
+joins them into ``OUT/records.jsonl`` in item order, then the summary.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +25,13 @@ from torch import nn
 
 from vitflow.adapters import Adapter, resolve_adapter
 from vitflow.baselines import MethodInputs
-from vitflow.data.images import ImageLoadError, load_image
+from vitflow.data.loader import ImageFiles, batches
 from vitflow.data.preprocess import Preprocessing
+from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
 from vitflow.files import write_bytes_atomic, write_json_atomic
 from vitflow.metrics import ScoringContext, cascading_randomization
 from vitflow.registry import METHODS, METRICS
+from vitflow.targets.bank import model_identity
 
 
 def method_names() -> list[str]:
@@ -55,10 +61,26 @@ def higher_is_better(metric: str) -> bool:
 
 @dataclass(frozen=True)
 class Item:
+    """One explained object: its image, class, mask and a name unique in the dataset. ``mask`` is
+    an ``(H, W)`` bool array at the image's size, or where to read it (a mask image, 255 inside,
+    or an ILSVRC box annotation ``.xml``), read when the item is: a dataset's masks are never all
+    in memory at once."""
+
     path: Path
     target: int
-    mask: np.ndarray | None  # (H, W) bool at the image's size, or None
+    mask: np.ndarray | Path | None
     name: str
+
+
+def load_mask(source: np.ndarray | Path | None) -> np.ndarray | None:
+    """An :class:`Item`'s mask as an ``(H, W)`` bool array."""
+    if source is None or isinstance(source, np.ndarray):
+        return source
+    source = Path(source)
+    if source.suffix.lower() == ".xml":
+        return boxes_mask(source)
+    with Image.open(source) as picture:
+        return np.asarray(picture.convert("L")) > 0
 
 
 def boxes_mask(xml_path: Path) -> np.ndarray:
@@ -97,7 +119,7 @@ def read_items(data: str | Path, objects: str = "all", boxes: str | Path | None 
         for entry in scenes["scenes"]:
             chosen = entry["objects"] if objects == "all" else entry["objects"][:1]
             for k, obj in enumerate(chosen):
-                mask = np.asarray(Image.open(data / obj["mask"])) > 0
+                mask = data / obj["mask"]
                 items.append(
                     Item(data / entry["image"], classes.index(obj["class"]), mask, f"{entry['id']}:{k}")
                 )
@@ -112,7 +134,7 @@ def read_items(data: str | Path, objects: str = "all", boxes: str | Path | None 
             xml = Path(boxes) / f"{path.stem}.xml"
             if not xml.exists():
                 raise ValueError(f"{xml}: no box annotation for {path.name}")
-            mask = boxes_mask(xml)
+            mask = xml
         items.append(Item(path, label, mask, path.stem))
     return items
 
@@ -124,22 +146,48 @@ def _mask_at(mask: np.ndarray, preprocess) -> torch.Tensor:
     return torch.from_numpy(preprocess.to_image(preprocess(picture))[..., 0] > 127)
 
 
-def _inputs(
-    chunk: Sequence[Item], preprocess: Preprocessing, device, report: Callable[[str], None]
-) -> tuple[list[Item], torch.Tensor | None, torch.Tensor | None]:
-    """The items of ``chunk`` whose images could be read, their preprocessed images and target
-    classes on ``device`` (``None`` when none could); each unreadable image is ``report``-ed."""
-    batch, tensors = [], []
-    for item in chunk:
-        try:
-            tensors.append(preprocess(load_image(item.path)))
-            batch.append(item)
-        except ImageLoadError as error:
-            report(str(error))
-    if not batch:
-        return batch, None, None
-    target = torch.tensor([item.target for item in batch], device=device)
-    return batch, torch.stack(tensors).to(device), target
+class _MaskAt:
+    """The ``extra`` of an evaluation's :class:`~vitflow.data.loader.ImageFiles`: item ``i``'s
+    mask through its image's preprocessing, read in the decoding worker (picklable)."""
+
+    def __init__(self, items: Sequence[Item], preprocess: Preprocessing) -> None:
+        self.items, self.preprocess = items, preprocess
+
+    def __call__(self, index: int, image) -> torch.Tensor | None:
+        mask = load_mask(self.items[index].mask)
+        return None if mask is None else _mask_at(mask, self.preprocess)
+
+
+@dataclass
+class _Inputs:
+    """A batch of items ready for the methods: the readable ones, their images, classes and
+    masks (``None`` unless every item has one) on the device, and the unreadable ones' errors."""
+
+    items: list[Item]
+    x: torch.Tensor | None
+    target: torch.Tensor | None
+    masks: torch.Tensor | None
+    errors: list[str]
+
+
+def _batches(
+    items: Sequence[Item], plan: Sequence[Sequence[int]], preprocess: Preprocessing, device, workers: int = 0
+):
+    """:class:`_Inputs` for each batch of ``plan`` (index lists into ``items``), in order, decoded
+    by ``workers`` ``DataLoader`` processes."""
+    device = torch.device(device)
+    files = ImageFiles([item.path for item in items], preprocess, extra=_MaskAt(items, preprocess))
+    for batch in batches(files, plan, workers=workers, pin_memory=device.type == "cuda"):
+        errors = [message for _, message in batch.errors]
+        if batch.x is None:
+            yield _Inputs([], None, None, None, errors)
+            continue
+        chosen = [items[i] for i in batch.indices]
+        target = torch.tensor([item.target for item in chosen], device=device)
+        masks = None
+        if all(m is not None for m in batch.extras):
+            masks = torch.stack(batch.extras).to(device)
+        yield _Inputs(chosen, batch.x.to(device, non_blocking=True), target, masks, errors)
 
 
 def explain_all(adapter: Adapter, x: torch.Tensor, target: torch.Tensor, methods: Sequence[str]) -> dict:
@@ -180,74 +228,127 @@ def evaluate(
     progress=None,
     adapter: Adapter | type[Adapter] | None = None,
     on_error: Callable[[str], None] | None = None,
+    chunk_items: int = 256,
+    workers: int = 0,
+    group: Group = SINGLE,
 ) -> dict:
-    """Run every method and metric over ``items``; append per-image records to ``out/records.jsonl``
-    (skipping items already recorded) and return the summary (also written as results.*).
+    """Run every method and metric over ``items``; write per-image records to ``out/records.jsonl``
+    and return the summary (also written as results.*).
 
     Methods and metrics are names in :data:`~vitflow.registry.METHODS` / ``METRICS`` (default:
     all; per-block: those registered with ``per_block=True``). Images that cannot be read are
     reported through ``on_error`` (one line each), left out, and counted in ``summary["failed"]``.
+    Items go in batches of ``batch_size``, ``chunk_items`` to a resumable chunk (rounded up to
+    whole batches); under ``torchrun`` each rank (``group``) takes its share of the chunks and the
+    records are those of one process. ``workers``: ``DataLoader`` processes decoding images.
     """
     methods = list(methods or method_names())
     metrics = list(metrics or metric_names())
     per_block_metrics = default_per_block_metrics() if per_block_metrics is None else list(per_block_metrics)
     check_names(methods, [*metrics, *per_block_metrics])
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    records_file = out / "records.jsonl"
-    done = set()
-    if records_file.exists():
-        for line in records_file.read_text().splitlines():
-            if line.strip():
-                done.add(json.loads(line)["item"])
-    todo = [item for item in items if item.name not in done]
-    if progress is not None:
-        progress.update(len(items) - len(todo))
+    if group.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     model = model.eval().to(device)
     adapter = resolve_adapter(model, adapter)
     methods, notes = applicable_methods(adapter, methods)
+    per_chunk = -(-chunk_items // batch_size)
+    plan = chunk_batches(len(items), batch_size, per_chunk)
+    state = {
+        "model": model_identity(model), "batch_size": batch_size, "chunk_batches": per_chunk,
+        "methods": methods, "metrics": metrics,
+        "per_block_metrics": per_block_metrics,
+    }  # fmt: skip
+    keys = chunk_keys(plan, lambda i: f"{items[i].name}\t{items[i].path}\t{items[i].target}")
+    ledger = Ledger(out / "chunks", state, keys, group, strict=True, what="evaluate")
+    todo = ledger.todo(".json")
+    if progress is not None:
+        progress.skip(sum(len(b) for c in set(range(len(plan))) - set(todo) for b in plan[c]))
+    mine = todo[group.rank :: group.world_size]
+    inputs = iter(_batches(items, [list(b) for c in mine for b in plan[c]], preprocess, device, workers))
     report = on_error or (lambda message: None)
-    failed = 0
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        batch, x, target = _inputs(chunk, preprocess, device, report)
-        failed += len(chunk) - len(batch)
-        if progress is not None:
-            progress.update(len(chunk) - len(batch))
-        if not batch:
-            continue
-        masks = None
-        if all(item.mask is not None for item in batch):
-            masks = torch.stack([_mask_at(item.mask, preprocess) for item in batch]).to(device)
-        maps = explain_all(adapter, x, target, methods)
-        with torch.no_grad():
-            correct = (adapter.forward(x).argmax(1) == target).cpu()
-        context = ScoringContext(adapter.forward, x, target, masks)
-        scores = {m: score_maps(context, maps[m], metrics) for m in methods}
-        blocks = maps.get("daam_blocks")
-        per_block = []
-        if blocks is not None:
-            per_block = [score_maps(context, blocks[:, b], per_block_metrics) for b in range(blocks.shape[1])]
-        lines = []
-        for i, item in enumerate(batch):
-            record = {
-                "item": item.name,
-                "target": item.target,
-                "correct": bool(correct[i]),
-                "scores": {m: {k: float(v[i]) for k, v in s.items()} for m, s in scores.items()},
-                "daam_per_block": [{k: float(v[i]) for k, v in s.items()} for s in per_block],
-            }
-            lines.append(json.dumps(record))
-        with open(records_file, "a") as handle:  # one append per batch: an interrupted run loses one batch
-            handle.write("\n".join(lines) + "\n")
-        if progress is not None:
-            progress.update(len(batch))
-    if not records_file.exists():
+
+    def evaluate_chunk(chunk: int) -> int:
+        records, failures = [], []
+        for _ in plan[chunk]:
+            batch = next(inputs)
+            for message in batch.errors:
+                failures.append(message)
+                report(message)
+            if progress is not None:
+                progress.update(len(batch.errors))
+            if batch.x is None:
+                continue
+            records += _score_batch(adapter, batch, methods, metrics, per_block_metrics)
+            if progress is not None:
+                progress.update(len(batch.items))
+        record = {"rank": group.rank, "world_size": group.world_size, "records": records}
+        write_json_atomic(ledger.path(chunk, ".json"), {**record, "failures": failures})
+        return sum(len(b) for b in plan[chunk])
+
+    describe = describer(plan, "items", lambda i: items[i].name)
+    run_chunks(group, todo, evaluate_chunk, describe, progress.update if progress is not None else None)
+    summary = None
+    if group.is_main:
+        ledger.prune(".json")
+        summary = _join_records(out, ledger, len(plan), len(items))
+        if summary is not None:
+            summary.update(summarize(out, methods, metrics))
+            summary["notes"] = notes + summary.get("notes", [])
+    summary = group.first(summary)
+    if summary is None:
         raise ValueError(f"none of the {len(items)} items could be evaluated (no image could be read)")
-    summary = summarize(out, methods, metrics)
-    summary["failed"] = failed
-    summary["notes"] = notes + summary.get("notes", [])
     return summary
+
+
+def _score_batch(
+    adapter: Adapter, batch: _Inputs, methods: list[str], metrics: list[str], per_block_metrics: list[str]
+) -> list[dict]:
+    """The per-item records of one batch: every method's map scored by every metric, and DAAM's
+    map after each block by the per-block metrics."""
+    x, target = batch.x, batch.target
+    maps = explain_all(adapter, x, target, methods)
+    with torch.no_grad():
+        correct = (adapter.forward(x).argmax(1) == target).cpu()
+    context = ScoringContext(adapter.forward, x, target, batch.masks)
+    scores = {m: score_maps(context, maps[m], metrics) for m in methods}
+    blocks = maps.get("daam_blocks")
+    per_block = []
+    if blocks is not None:
+        per_block = [score_maps(context, blocks[:, b], per_block_metrics) for b in range(blocks.shape[1])]
+    return [
+        {
+            "item": item.name,
+            "target": item.target,
+            "correct": bool(correct[i]),
+            "scores": {m: {k: float(v[i]) for k, v in s.items()} for m, s in scores.items()},
+            "daam_per_block": [{k: float(v[i]) for k, v in s.items()} for s in per_block],
+        }
+        for i, item in enumerate(batch.items)
+    ]
+
+
+def _join_records(out: Path, ledger: Ledger, chunks: int, total: int) -> dict | None:
+    """Write ``out/records.jsonl`` from the chunks' records, in item order, streaming one chunk
+    at a time; ``None`` when no item could be read."""
+    failed, count = 0, 0
+    fd, tmp = tempfile.mkstemp(prefix=".records.jsonl.", suffix=".tmp", dir=out)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for chunk in range(chunks):
+                record = json.loads(ledger.path(chunk, ".json").read_text())
+                failed += len(record["failures"])
+                count += len(record["records"])
+                for line in record["records"]:
+                    handle.write(json.dumps(line) + "\n")
+        if count == 0:
+            Path(tmp).unlink()
+            return None
+        os.replace(tmp, out / "records.jsonl")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"failed": failed}
 
 
 def applicable_methods(adapter: Adapter, methods: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -289,12 +390,12 @@ def sanity_check(
 
     sums: dict[str, torch.Tensor] = {}
     used = 0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        batch, x, target = _inputs(chunk, preprocess, device, lambda message: None)  # evaluate reports them
-        if not batch:
+    plan = [range(s, min(s + batch_size, len(items))) for s in range(0, len(items), batch_size)]
+    for batch in _batches(items, plan, preprocess, device):  # unreadable images: evaluate reports them
+        if batch.x is None:
             continue
-        used += len(batch)
+        used += len(batch.items)
+        x, target = batch.x, batch.target
 
         def explain(m: nn.Module, x=x, target=target) -> dict[str, torch.Tensor]:
             maps = explain_all(adapter_for(m), x, target, methods)

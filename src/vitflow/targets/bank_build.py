@@ -1,9 +1,10 @@
-"""Building a memory bank from labelled images: batched, resumable, atomic.
+"""Building a memory bank from labelled images: batched, resumable, atomic, on any number of ranks.
 
-Features are computed chunk by chunk (``chunk_images`` images per chunk). Each finished chunk is
-saved under ``OUT.parts/`` with a ``state.json`` that fingerprints the model and the image list,
-so an interrupted build picks up at the first missing chunk. The bank file appears only when
-every chunk is done; then the parts are removed. Unreadable images are reported and left out.
+Images are cut into chunks of whole batches (:mod:`vitflow.distributed`). Each finished chunk's
+features are saved under ``OUT.parts/`` by the rank that computed them, with a ``state.json`` of
+the build's settings, so an interrupted build (with any number of ranks) picks up at the missing
+chunks. When every chunk is done, rank 0 streams the chunks into the bank file, one chunk in
+memory at a time, and removes the parts. Unreadable images are reported and left out.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +25,10 @@ from torch import nn
 
 from vitflow.adapters import Adapter, resolve_adapter
 from vitflow.data.folders import LabelledImages
-from vitflow.data.images import ImageLoadError, load_image
-from vitflow.files import write_json_atomic
+from vitflow.data.loader import ImageFiles, batches
+from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
 from vitflow.progress import Progress
-from vitflow.targets.bank import MemoryBank, model_identity
+from vitflow.targets.bank import FORMAT, MemoryBank, model_identity
 from vitflow.version import __version__
 
 
@@ -57,6 +60,8 @@ def build_bank(
     device: torch.device | str = "cpu",
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
+    workers: int = 0,
+    group: Group = SINGLE,
 ) -> MemoryBank:
     """Compute, store and return the bank of ``images`` for ``model`` (headless, ``(B, D)`` output).
 
@@ -65,72 +70,151 @@ def build_bank(
         images: the labelled image list.
         out: the bank file; ``out.parts/`` holds finished chunks while building.
         model_name: recorded in the bank and checked when it is used (default: the model's identity).
+        chunk_images: images per resumable chunk (rounded up to whole batches).
         half: store features in float16 (half the memory; similarities change by ~1e-3).
         on_error: called with a one-line message per unreadable image (default: print to stderr).
+        workers: ``DataLoader`` processes decoding images (0: in this process).
+        group: this process's rank; each rank computes its share of the chunks, rank 0 writes the
+            bank, and every rank returns it.
     """
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
     if not out.parent.is_dir() and out.parent.exists():
         raise ValueError(f"cannot write the bank {out}: {out.parent} is not a folder")
     name = model_name or model_identity(model)
-    state = {"model": name, "images": images.digest(), "count": len(images), "chunk_images": chunk_images,
-             "half": half}  # fmt: skip
-    state_file = parts / "state.json"
-    if parts.exists() and (not state_file.exists() or json.loads(state_file.read_text()) != state):
-        shutil.rmtree(parts)  # leftovers of another build: start over
-    parts.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(state_file, state)
+    per_chunk = -(-chunk_images // batch_size)
+    plan = chunk_batches(len(images), batch_size, per_chunk)
+    state = {"model": name, "batch_size": batch_size, "chunk_batches": per_chunk, "half": half,
+             "classes": list(images.class_names)}  # fmt: skip
+    keys = chunk_keys(plan, lambda i: f"{images.paths[i]}\t{images.labels[i]}")
+    ledger = Ledger(parts, state, keys, group, strict=False, what="bank build")
+    todo = ledger.todo(".safetensors")
     report = on_error or (lambda message: print(f"vitflow: error: {message}", file=sys.stderr))
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    chunks = range(0, len(images), chunk_images)
-    bar = Progress(len(images), "bank", progress)
+    bar = Progress(len(images), "bank", progress and group.is_main)
+    bar.skip(sum(len(b) for c in set(range(len(plan))) - set(todo) for b in plan[c]))
     model = model.eval()
     adapter = resolve_adapter(model)
-    for start in chunks:
-        chunk_file = parts / f"chunk_{start // chunk_images:06d}.safetensors"
-        stop = min(start + chunk_images, len(images))
-        if chunk_file.exists():
-            bar.update(stop - start)
-            continue
-        features, kept = [], []
-        for batch_start in range(start, stop, batch_size):
-            tensors, indices = [], []
-            for i in range(batch_start, min(batch_start + batch_size, stop)):
-                try:
-                    tensors.append(preprocess(load_image(images.paths[i])))
-                    indices.append(i)
-                except ImageLoadError as error:
-                    bar.clear()
-                    report(str(error))
-            if tensors:
-                features.append(compute_features(model, torch.stack(tensors).to(device), adapter).cpu())
-                kept += indices
-            bar.update(min(batch_start + batch_size, stop) - batch_start)
-        dtype = torch.float16 if half else torch.float32
-        stored = torch.cat(features).to(dtype) if features else torch.empty(0, 0, dtype=dtype)
-        tmp = chunk_file.with_suffix(".tmp")
-        save_file({"features": stored.contiguous(), "index": torch.tensor(kept, dtype=torch.int64)}, str(tmp))
-        os.replace(tmp, chunk_file)
-    bar.close()
+    mine = todo[group.rank :: group.world_size]
+    device = torch.device(device)
+    decoded = iter(
+        batches(ImageFiles(images.paths, preprocess), [list(b) for c in mine for b in plan[c]], workers,
+                pin_memory=device.type == "cuda")
+    )  # fmt: skip
+    dtype = torch.float16 if half else torch.float32
 
-    loaded = [load_file(str(parts / f"chunk_{start // chunk_images:06d}.safetensors")) for start in chunks]
-    nonempty = [part for part in loaded if part["index"].numel()]
-    if not nonempty:
+    def build_chunk(chunk: int) -> int:
+        features, kept = [], []
+        for _ in plan[chunk]:
+            batch = next(decoded)
+            for _, message in batch.errors:
+                bar.clear()
+                report(message)
+            if batch.x is not None:
+                x = batch.x.to(device, non_blocking=True)
+                features.append(compute_features(model, x, adapter).cpu())
+                kept += batch.indices
+            bar.update(len(batch.indices) + len(batch.errors))
+        stored = torch.cat(features).to(dtype) if features else torch.empty(0, 0, dtype=dtype)
+        path = ledger.path(chunk, ".safetensors")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tensors = {"features": stored.contiguous(), "index": torch.tensor(kept, dtype=torch.int64)}
+        save_file(tensors, str(tmp), metadata={"rank": str(group.rank), "world_size": str(group.world_size)})
+        os.replace(tmp, path)
+        return sum(len(b) for b in plan[chunk])
+
+    describe = describer(plan, "images", lambda i: str(images.paths[i]))
+    try:
+        run_chunks(group, todo, build_chunk, describe, bar.update)
+    finally:
+        bar.close()
+    if group.is_main:
+        layout = {"batch_size": batch_size, "chunk_images": per_chunk * batch_size, "chunks": len(plan),
+                  "world_size": group.world_size}  # fmt: skip
+        metadata = {
+            "model": name,
+            "preprocessing": preprocessing_config or {},
+            "vitflow_version": __version__,
+            "source_images": len(images),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        files = [ledger.path(c, ".safetensors") for c in range(len(plan))]
+        _merge_chunks(files, images, out, metadata, layout)
+        shutil.rmtree(parts)
+    group.barrier()
+    return MemoryBank.load(out)
+
+
+def _merge_chunks(
+    chunks: list[Path], images: LabelledImages, out: Path, metadata: dict, layout: dict
+) -> None:
+    """Stream the chunks' features into one bank file (safetensors), one chunk in memory at a
+    time: the header is computed from the chunks' shapes, then each chunk's rows are appended.
+
+    ``layout`` gains the rank and world size that computed each chunk and its row count."""
+    from safetensors import safe_open
+
+    shapes, dims, dtypes, shards = [], set(), set(), []
+    for path in chunks:
+        with safe_open(str(path), framework="pt") as handle:
+            info = handle.metadata() or {}
+            rows_, *dim = handle.get_slice("features").get_shape()
+            index = handle.get_tensor("index")
+            if index.numel():
+                dims.add(tuple(dim))
+                dtypes.add(handle.get_slice("features").get_dtype())
+            shapes.append(index.numel())
+            shards.append({"rows": index.numel(), "rank": int(info.get("rank", 0)),
+                           "world_size": int(info.get("world_size", 1))})  # fmt: skip
+    rows = sum(shapes)
+    if rows == 0:
         raise ValueError("no image could be read; nothing to put in the bank")
-    features = torch.cat([part["features"] for part in nonempty])
-    index = torch.cat([part["index"] for part in nonempty])
-    labels = torch.tensor(images.labels, dtype=torch.int64)[index]
-    metadata = {
-        "model": name,
-        "preprocessing": preprocessing_config or {},
-        "vitflow_version": __version__,
-        "source_images": len(images),
-        "skipped_images": len(images) - len(index),
-        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    (dim,), (dtype,) = dims, dtypes
+    (width,) = dim
+    labels = torch.tensor(images.labels, dtype=torch.int64)
+    index = torch.cat([_read(path, "index") for path in chunks])
+    kept_labels = labels[index]
+    header_meta = {
+        **metadata,
+        "skipped_images": len(images) - rows,
+        "layout": {**layout, "shards": shards},
+        "format": FORMAT,
+        "class_names": list(images.class_names),
+        "count": rows,
+        "feature_dim": width,
+        "dtype": {"F16": "float16", "F32": "float32"}[dtype],
     }
-    bank = MemoryBank(features, labels, list(images.class_names), metadata)
-    bank.save(out)
-    shutil.rmtree(parts)
-    return bank
+    item = {"F16": 2, "F32": 4}[dtype]
+    feature_bytes = rows * width * item
+    end = feature_bytes + 8 * rows
+    header = {
+        "__metadata__": {"vitflow": json.dumps(header_meta)},
+        "features": {"dtype": dtype, "shape": [rows, width], "data_offsets": [0, feature_bytes]},
+        "labels": {"dtype": "I64", "shape": [rows], "data_offsets": [feature_bytes, end]},
+    }
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(struct.pack("<Q", len(encoded)) + encoded)
+            for path, count in zip(chunks, shapes, strict=True):
+                if count:
+                    handle.write(_read(path, "features").contiguous().numpy().tobytes())
+            handle.write(kept_labels.numpy().tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path, key: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor(key)

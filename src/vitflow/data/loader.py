@@ -1,0 +1,113 @@
+"""Reading and preprocessing images in ``torch.utils.data.DataLoader`` worker processes.
+
+A run fixes its batches up front (lists of item indices, see
+:func:`vitflow.distributed.chunk_batches`); :func:`batches` yields them in that order, decoded by
+``workers`` processes ahead of the model (``prefetch_factor`` batches each: a bounded queue, so
+memory stays flat on long runs). An image that cannot be read travels as an error line instead of
+a tensor, so a broken file never stops a batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vitflow.data.images import MAX_PIXELS, ImageLoadError, read_image
+
+# extra(index, image) -> a tensor that travels with the image (an evaluation mask), or None
+Extra = Callable[[int, object], torch.Tensor | None]
+
+
+def default_workers() -> int:
+    """Decoding processes per rank: the CPU cores this rank's share leaves beside the main process,
+    at most 8 (``LOCAL_WORLD_SIZE`` ranks share the machine)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, share - 1))
+
+
+@dataclass
+class Batch:
+    """Decoded items of one batch, in the batch's order.
+
+    ``indices``: the items whose images were read; ``x``: their ``(B, 3, H, W)`` preprocessed
+    images (``None`` when none was); ``notes``: per read item, what was done to the input;
+    ``extras``: per read item, the ``extra`` tensor; ``errors``: ``(index, one-line message)`` per
+    unreadable item.
+    """
+
+    indices: list[int] = field(default_factory=list)
+    x: torch.Tensor | None = None
+    notes: list[list[str]] = field(default_factory=list)
+    extras: list[torch.Tensor | None] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:  # called by the DataLoader when pin_memory=True
+        if self.x is not None:
+            self.x = self.x.pin_memory()
+        return self
+
+
+class ImageFiles(Dataset):
+    """Item ``i``: ``(i, tensor, notes, extra, None)`` for a readable image, ``(i, None, [], None,
+    message)`` for one that is not."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        preprocess: Callable,
+        max_pixels: int | None = MAX_PIXELS,
+        extra: Extra | None = None,
+    ) -> None:
+        self.paths, self.preprocess, self.max_pixels, self.extra = list(paths), preprocess, max_pixels, extra
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            loaded = read_image(self.paths[index], self.max_pixels)
+            tensor = self.preprocess(loaded.image)
+        except ImageLoadError as error:
+            return index, None, [], None, str(error)
+        extra = self.extra(index, loaded.image) if self.extra is not None else None
+        return index, tensor, loaded.notes, extra, None
+
+
+def collate(samples: list) -> Batch:
+    batch, tensors = Batch(), []
+    for index, tensor, notes, extra, error in samples:
+        if error is not None:
+            batch.errors.append((index, error))
+            continue
+        batch.indices.append(index)
+        tensors.append(tensor)
+        batch.notes.append(notes)
+        batch.extras.append(extra)
+    if tensors:
+        batch.x = torch.stack(tensors)
+    return batch
+
+
+def batches(
+    dataset: ImageFiles, plan: Sequence[Sequence[int]], workers: int = 0, pin_memory: bool = False
+) -> Iterator[Batch]:
+    """The batches of ``plan`` (index lists), in order, decoded by ``workers`` processes (0: here)."""
+    if workers == 0:
+        for indices in plan:
+            yield collate([dataset[i] for i in indices])
+        return
+    loader = DataLoader(
+        dataset,
+        batch_sampler=[list(indices) for indices in plan],
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        prefetch_factor=2,
+    )
+    yield from loader
