@@ -13,7 +13,34 @@ from vitflow.models import model_prefixes
 from vitflow.render import MODES
 from vitflow.version import __version__
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_RANK_FAILED = 0, 1, 2, 3
+_RANK = ""  # "[rank N] " on ranks other than 0 of a torchrun run: whose line it is
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (decode in the main process) or more, got {value}")
+    return value
+
+
+def _add_scale_options(parser: argparse.ArgumentParser, chunk: int) -> None:
+    """Options of the commands that run over datasets (and under torchrun)."""
+    from vitflow.data.loader import default_workers
+
+    parser.add_argument(
+        "--workers", type=_workers, default=default_workers(), metavar="N",
+        help="DataLoader processes decoding images per rank (0: in the main process; default "
+        f"{default_workers()} here: the cores a rank has, less one, at most 8)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--chunk", type=_positive_int, default=chunk, metavar="N",
+        help=f"images per resumable chunk, rounded up to whole batches (default {chunk}): the unit a rank "
+        "takes under torchrun and a rerun skips once finished",
+    )  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -88,6 +115,19 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
         "--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
         help=f"refuse images with more pixels (a guard against decompression bombs; default {MAX_PIXELS:,})",
     )  # fmt: skip
+    parser.add_argument(
+        "--save-maps", nargs="?", const="float32", choices=("float32", "float16"), metavar="DTYPE",
+        help="also write the raw per-block maps, logits and targets to OUT/maps/chunk_NNNNNN.safetensors "
+        "(float32, or float16 for half the size); read them with vitflow.load_maps(OUT)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-images", action="store_true", help="skip the pictures (with --save-maps: maps only)"
+    )
+    parser.add_argument(
+        "--writers", type=_workers, default=2, metavar="N",
+        help="threads encoding the pictures while the model runs (default 2; 0: in the main thread)",
+    )  # fmt: skip
+    _add_scale_options(parser, chunk=512)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -249,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=32, help="images per batch (default 32)"
     )
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
+    _add_scale_options(evaluate, chunk=256)
     evaluate.add_argument(
         "--sanity", type=_positive_int, default=0, metavar="N",
         help="also run the cascading-randomisation sanity check (Adebayo et al.) for every method on "
@@ -276,9 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)"
     )
-    build.add_argument(
-        "--chunk", type=_positive_int, default=4096, help="images per resumable chunk (default 4096)"
-    )
+    _add_scale_options(build, chunk=4096)
     build.add_argument("--half", action="store_true", help="store features in float16")
     build.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -290,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message: str) -> None:
-    print(f"vitflow: error: {message}", file=sys.stderr)
+    print(f"{_RANK}vitflow: error: {message}", file=sys.stderr)
 
 
 def _one_line(error: BaseException) -> str:
@@ -307,17 +346,25 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
 
 
 def _device(name: str):
+    """The device ``--device`` names and this process's place in a torchrun run (rank ``N``
+    gets ``cuda:LOCAL_RANK``; outside torchrun, rank 0 of 1)."""
     import torch
 
+    from vitflow import distributed
+
+    global _RANK
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA GPU is available; use --device cpu")
-    return device
+    group, device = distributed.init(device)
+    _RANK = f"[rank {group.rank}] " if group.rank else ""
+    return group, device
 
 
 def _load(args: argparse.Namespace, headless: bool = False, texts=None):
@@ -368,10 +415,13 @@ def _check_render_options(args: argparse.Namespace) -> tuple[int, ...] | None:
 def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
     """Explain image files and folders into ``args.out``; report each failure on one line and carry on."""
     from vitflow.bundle import RenderOptions
+    from vitflow.distributed import RankFailure
     from vitflow.pipeline import explain_files
 
     try:
-        device = _device(args.device)
+        if args.no_images and not args.save_maps:
+            raise ValueError("--no-images leaves nothing to write: add --save-maps (maps only) or drop it")
+        group, device = _device(args.device)
         figure_blocks = _check_render_options(args)
         loaded = _load(args, headless=args.bank is not None)
         target, names = args.target, loaded.names
@@ -394,16 +444,21 @@ def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
         }
         report = explain_files(
             loaded.model, loaded.preprocessing, images, args.out, target=target, names=names, options=options,
-            metadata=metadata, batch_size=args.batch_size, device=device, rho=args.rho,
-            normalize_blocks=args.normalize_blocks, max_pixels=args.max_pixels, on_error=_error,
-            on_note=_note, on_done=_done, progress=not args.quiet,
+            metadata=metadata, batch_size=args.batch_size, chunk_images=args.chunk, workers=args.workers,
+            writers=args.writers, save_maps=args.save_maps, images=not args.no_images, device=device,
+            rho=args.rho, normalize_blocks=args.normalize_blocks, max_pixels=args.max_pixels, group=group,
+            on_error=_error, on_note=_note, on_done=_done, progress=not args.quiet,
         )  # fmt: skip
+    except RankFailure as error:
+        return _rank_failed(error)
     except _usage_errors() as error:
         _error(_one_line(error))
         return EXIT_USAGE
     if report.total == 0:
         _error(f"no images found in {', '.join(images)}")
         return EXIT_USAGE
+    if group.rank:
+        return EXIT_SOME_FAILED if report.failures else EXIT_OK  # rank 0 says how the run went
     if report.failures:
         _error(report.summary())
         return EXIT_SOME_FAILED
@@ -411,14 +466,19 @@ def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _rank_failed(error: BaseException) -> int:
+    _error(_one_line(error))
+    return EXIT_RANK_FAILED
+
+
 def _note(message: str) -> None:
-    print(f"vitflow: note: {message}", file=sys.stderr)
+    print(f"{_RANK}vitflow: note: {message}", file=sys.stderr)
 
 
 def _done(folder: Path, manifest: dict) -> None:
     target = manifest["target"]
     probability = f" (p={target['probability']:.3f})" if "probability" in target else ""
-    print(f"{manifest['image']}: {target.get('name', target['index'])}{probability} -> {folder}")
+    print(f"{_RANK}{manifest['image']}: {target.get('name', target['index'])}{probability} -> {folder}")
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -467,17 +527,12 @@ def _scenes(args: argparse.Namespace) -> int:
 
 def _bank_build(args: argparse.Namespace) -> int:
     from vitflow.data.folders import list_labelled_images
+    from vitflow.distributed import RankFailure
     from vitflow.targets.bank import model_identity
     from vitflow.targets.bank_build import build_bank
 
-    failures = []
-
-    def report(message: str) -> None:
-        failures.append(message)
-        _error(message)
-
     try:
-        device = _device(args.device)
+        group, device = _device(args.device)
         images = list_labelled_images(args.data)
         loaded = _load(args, headless=True)
         model = loaded.model.to(device)
@@ -485,15 +540,20 @@ def _bank_build(args: argparse.Namespace) -> int:
         bank = build_bank(
             model, loaded.preprocessing, images, args.out, preprocessing_config=loaded.preprocessing.config,
             model_name=name, batch_size=args.batch_size, chunk_images=args.chunk, half=args.half,
-            device=device, progress=not args.quiet, on_error=report,
+            device=device, progress=not args.quiet, on_error=_error, workers=args.workers, group=group,
         )  # fmt: skip
+    except RankFailure as error:
+        return _rank_failed(error)
     except _usage_errors() as error:
         _error(_one_line(error))
         return EXIT_USAGE
+    skipped = bank.metadata.get("skipped_images", 0)
+    if group.rank:
+        return EXIT_SOME_FAILED if skipped else EXIT_OK
     print(f"wrote {args.out}: {len(bank)} features of dimension {bank.dim}, {bank.num_classes} classes, "
           f"model {name}")  # fmt: skip
-    if failures:
-        _error(f"{len(failures)} of {len(images)} images could not be read and were left out")
+    if skipped:  # this run's and, resumed, earlier runs' unreadable images
+        _error(f"{skipped} of {len(images)} images could not be read and were left out")
         return EXIT_SOME_FAILED
     return EXIT_OK
 
@@ -515,14 +575,13 @@ def _bank_info(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from vitflow.distributed import RankFailure
     from vitflow.evaluation import check_names, dataset_classes, evaluate, read_items, sanity_check
     from vitflow.progress import Progress
 
-    failures: list[str] = []
     progress = None
 
     def report(message: str) -> None:
-        failures.append(message)
         if progress is not None:
             progress.clear()
         _error(message)
@@ -530,24 +589,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         per_block = [m for m in args.per_block_metrics.split(",") if m]
         check_names(args.methods.split(","), [*args.metrics.split(","), *per_block])
-        device = _device(args.device)
+        group, device = _device(args.device)
         texts = None
         if args.model and args.model.startswith("open_clip:") and not args.text:
             texts = [f"a photo of a {name.replace('_', ' ')}" for name in dataset_classes(args.data)]
         loaded = _load(args, texts=texts)
         items = read_items(args.data, "first" if args.first_object_only else "all", args.boxes)[: args.limit]
-        progress = Progress(len(items), "evaluate", enabled=not args.quiet)
+        progress = Progress(len(items), "evaluate", enabled=not args.quiet and group.is_main)
         summary = evaluate(
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),
             metrics=args.metrics.split(","), batch_size=args.batch_size, device=device, progress=progress,
-            per_block_metrics=per_block, on_error=report,
+            per_block_metrics=per_block, on_error=report, chunk_items=args.chunk, workers=args.workers,
+            group=group,
         )  # fmt: skip
         progress.close()
+        if group.rank:  # rank 0 reports and runs the sanity check
+            return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK
         if args.sanity:
             sanity_check(
                 loaded.model, loaded.preprocessing, items[: args.sanity], args.out,
                 methods=args.methods.split(","), batch_size=args.batch_size, device=device,
             )  # fmt: skip
+    except RankFailure as error:
+        return _rank_failed(error)
     except _usage_errors() as error:
         _error(_one_line(error))
         return EXIT_USAGE
@@ -564,19 +628,23 @@ def _evaluate(args: argparse.Namespace) -> int:
             "model's maps after re-initialising the top k blocks (lower: the map depends on the weights)"
         )
         print((Path(args.out) / "sanity.md").read_text(), end="")
-    if failures:
-        _error(f"{len(failures)} of {len(items)} items could not be read and were left out")
+    if summary["failed"]:  # this run's and, resumed, earlier runs' unreadable images
+        _error(f"{summary['failed']} of {len(items)} items could not be read and were left out")
         return EXIT_SOME_FAILED
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vitflow import distributed
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         _error("interrupted; finished outputs are complete (files are written atomically), rerun to go on")
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
