@@ -6,6 +6,7 @@ Decision-Making in Vision Transformer", Pattern Recognition 165 (2025) 111607.
 
 from vitflow.adapters import Adapter, AttentionSite, ProjectionSite, register_adapter
 from vitflow.engine import DAAM, DecompositionError, explain
+from vitflow.mapfiles import SavedMaps, load_maps
 from vitflow.result import DAAMResult
 from vitflow.targets import (
     ClassTarget,
@@ -30,9 +31,11 @@ __all__ = [
     "MemoryBank",
     "ProjectionSite",
     "ReferenceTarget",
+    "SavedMaps",
     "SimilarityTarget",
     "Target",
     "__version__",
     "explain",
+    "load_maps",
     "register_adapter",
 ]

@@ -1,0 +1,167 @@
+"""One process at dataset scale: DataLoader workers and writer threads change nothing in the
+outputs, saved maps read back exactly, runs resume chunk by chunk, and the bank merge streams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vitflow import DAAM, load_maps
+from vitflow.cli import main
+from vitflow.data.scenes import write_scenes
+from vitflow.demo import load_demo_model
+from vitflow.pipeline import explain_files
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("scale")
+    write_scenes(root / "scenes", 7, seed=2, size=96)
+    (root / "scenes" / "images" / "aaa_broken.png").write_bytes(b"\x89PNG broken")
+    return root / "scenes" / "images"
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and ".vitflow" not in p.parts}  # fmt: skip
+
+
+def test_workers_and_writer_threads_do_not_change_a_single_byte(scenes, tmp_path):
+    model, preprocessing = load_demo_model()
+    run = dict(model=model, preprocessing=preprocessing, inputs=[scenes], batch_size=3)
+    serial = explain_files(**run, out=tmp_path / "serial", workers=0, writers=0)
+    pooled = explain_files(**run, out=tmp_path / "pooled", workers=2, writers=3)
+    assert serial.summary() == pooled.summary() == "1 of 8 images failed (7 explained)"
+    assert serial.failures == pooled.failures and "aaa_broken.png" in serial.failures[0]
+    assert [m["image"] for m in serial.manifests] == [m["image"] for m in pooled.manifests]  # input order
+    first, second = _outputs(tmp_path / "serial"), _outputs(tmp_path / "pooled")
+    assert len(first) == 7 * 9 and first == second
+    assert pooled.timings["model"] > 0 and set(pooled.timings) == {"read", "model", "write"}
+
+
+def test_saved_maps_are_the_library_maps_with_their_ids_logits_and_targets(scenes, tmp_path):
+    model, preprocessing = load_demo_model()
+    report = explain_files(model, preprocessing, [scenes], tmp_path / "run", batch_size=2, chunk_images=4,
+                           save_maps="float32", images=False)  # fmt: skip
+    assert report.explained == 7 and report.manifests == []
+    assert not list((tmp_path / "run").rglob("*.png"))  # maps only
+    shards = sorted((tmp_path / "run" / "maps").glob("chunk_*.safetensors"))
+    assert len(shards) == 2  # 8 files in chunks of 4; the broken one leaves 3 rows in the first
+    saved = load_maps(tmp_path / "run")
+    source = Path(saved.images[0])
+    assert len(saved) == 7 and saved.ids[0] == f"images/{source.parent.name}/{source.stem}"  # OUT/<id>/
+    row = saved.row(saved.ids[4])
+    image = Image.open(saved.images[row]).convert("RGB")
+    with DAAM(model) as daam:
+        alone = daam(preprocessing(image)[None])
+    assert torch.allclose(saved.result.maps[row], alone.maps[0], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(saved.result.logits[row], alone.logits[0], rtol=1e-5, atol=1e-6)
+    assert int(saved.result.target[row]) == int(alone.target[0])
+    assert saved.result.final.shape == (7, 12, 12) and saved.metadata["rho"] == "relu"
+    half = explain_files(model, preprocessing, [scenes], tmp_path / "half", batch_size=2, chunk_images=4,
+                         save_maps="float16", images=False)  # fmt: skip
+    assert half.explained == 7
+    halved = load_maps(tmp_path / "half" / "maps")
+    assert halved.result.maps.dtype == torch.float16
+    torch.testing.assert_close(halved.result.maps.float(), saved.result.maps, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="no map shards found"):
+        load_maps(tmp_path)
+    with pytest.raises(KeyError, match="no maps saved for 'nope'"):
+        saved.row("nope")
+
+
+def test_explain_resumes_by_chunk_and_redoes_what_changed(scenes, tmp_path):
+    model, preprocessing = load_demo_model()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for k, path in enumerate(sorted(scenes.rglob("scene_*.png"))[:6]):
+        (inputs / f"{k}.png").write_bytes(path.read_bytes())
+    calls = []
+
+    def counting(image):
+        calls.append(1)
+        return preprocessing(image)
+
+    from dataclasses import replace
+
+    counted = replace(preprocessing, transform=counting)
+    first = explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2)
+    assert first.explained == 6 and len(calls) == 6
+    calls.clear()
+    again = explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2)
+    assert again.summary() == "explained 6 of 6 images; 6 done by an earlier run" and calls == []
+    (inputs / "3.png").write_bytes((inputs / "0.png").read_bytes())  # an edited file: its chunk is redone
+    edited = explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2)
+    assert len(calls) == 2 and edited.resumed == 4
+    manifest = json.loads((tmp_path / "out" / "inputs" / "3" / "manifest.json").read_text())
+    reference = json.loads((tmp_path / "out" / "inputs" / "0" / "manifest.json").read_text())
+    final, expected = manifest["blocks"][-1]["map"], reference["blocks"][-1]["map"]  # the new content
+    assert final["argmax"] == expected["argmax"] and final["sum"] == pytest.approx(expected["sum"], rel=1e-5)
+    calls.clear()
+    explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2, rho="identity")
+    assert len(calls) == 6  # other settings: everything again
+
+
+def test_evaluate_refuses_to_mix_runs_with_other_settings(tmp_path, capsys):
+    assert main(["scenes", "--out", str(tmp_path / "s"), "--n", "2", "--size", "96"]) == 0
+    args = ["evaluate", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "e"), "--methods", "daam",
+            "--metrics", "energy", "--per-block-metrics", "", "--quiet", "--workers", "0"]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--batch-size", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("vitflow: error: ")
+    assert "holds a evaluate run with other settings (batch_size" in error
+    assert "\n" not in error
+
+
+def test_scale_options_are_checked_in_one_line(scenes, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    assert main(["explain", str(scenes), "--out", out, "--no-images"]) == 2
+    assert "--no-images leaves nothing to write: add --save-maps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["explain", str(scenes), "--out", out, "--workers", "-1"])
+    assert exit_.value.code == 2
+    assert "must be 0 (decode in the main process) or more" in capsys.readouterr().err
+    assert main(["explain", str(scenes), "--out", out, "--save-maps", "float16", "--no-images", "--quiet",
+                 "--workers", "1", "--chunk", "3"]) == 1  # fmt: skip  (the broken file)
+    assert load_maps(out).result.maps.dtype == torch.float16
+
+
+def test_bank_merge_streams_chunks_into_a_bank_equal_to_saving_it_whole(tmp_path):
+    from safetensors.torch import save_file
+
+    from vitflow.data.folders import LabelledImages
+    from vitflow.targets import MemoryBank
+    from vitflow.targets.bank_build import _merge_chunks
+
+    torch.manual_seed(0)
+    rows = [5, 0, 7, 3]  # a chunk of unreadable images only stores no rows
+    chunks, features, index, start = [], [], [], 0
+    for k, n in enumerate(rows):
+        f = torch.nn.functional.normalize(torch.randn(n, 16), dim=1).half() if n else torch.empty(0, 0).half()
+        i = torch.arange(start, start + n, dtype=torch.int64) + k  # leave a gap: skipped images
+        start += n + 1
+        chunks.append(tmp_path / f"chunk_{k}.safetensors")
+        ranks = {"rank": str(k % 2), "world_size": "2"}
+        save_file({"features": f, "index": i}, str(chunks[-1]), metadata=ranks)
+        if n:
+            features.append(f)
+            index.append(i)
+    paths = [Path(f"{j}.png") for j in range(start + 4)]
+    labels = [j % 3 for j in range(len(paths))]
+    images = LabelledImages(paths, labels, ["a", "b", "c"])
+    _merge_chunks(chunks, images, tmp_path / "m.bank", {"model": "m"}, {"world_size": 2})
+    bank = MemoryBank.load(tmp_path / "m.bank")
+    expected = torch.cat(features)
+    assert bank.features.dtype == torch.float16 and torch.equal(bank.features, expected)
+    assert torch.equal(bank.labels, torch.tensor(labels)[torch.cat(index)])
+    assert bank.metadata["skipped_images"] == len(paths) - 15
+    assert [s["rows"] for s in bank.metadata["layout"]["shards"]] == rows
+    whole = MemoryBank(expected, bank.labels, ["a", "b", "c"], {"model": "m"})
+    whole.save(tmp_path / "w.bank")
+    assert torch.equal(MemoryBank.load(tmp_path / "w.bank").features, bank.features)
