@@ -123,9 +123,12 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-images", action="store_true", help="skip the pictures (with --save-maps: maps only)"
     )
+    from vitflow.data.loader import default_writers
+
     parser.add_argument(
-        "--writers", type=_workers, default=2, metavar="N",
-        help="threads encoding the pictures while the model runs (default 2; 0: in the main thread)",
+        "--writers", type=_workers, default=default_writers(), metavar="N",
+        help=f"threads encoding the pictures while the model runs (default {default_writers()} here: half "
+        "the cores a rank has, 2 to 8; 0: in the main thread)",
     )  # fmt: skip
     _add_scale_options(parser, chunk=512)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -26,7 +26,7 @@ from torch import nn
 from vitflow.adapters import Adapter
 from vitflow.bundle import RenderOptions, write_bundle
 from vitflow.data.images import MAX_PIXELS, collect_images
-from vitflow.data.loader import ImageFiles, batches
+from vitflow.data.loader import ImageFiles, batches, default_writers
 from vitflow.data.preprocess import Preprocessing
 from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
 from vitflow.engine import DAAM
@@ -155,7 +155,7 @@ def explain_files(
     batch_size: int = 8,
     chunk_images: int = 512,
     workers: int = 0,
-    writers: int = 2,
+    writers: int | None = None,
     save_maps: str | None = None,
     images: bool = True,
     device: torch.device | str = "cpu",
@@ -184,7 +184,8 @@ def explain_files(
             up to whole batches). Results do not depend on ``workers``, ``writers`` or the
             number of ranks: the batches are fixed by these two numbers.
         workers: ``DataLoader`` processes decoding images (0: in this process).
-        writers: threads encoding the bundles while the model runs (0: in this thread).
+        writers: threads encoding the bundles while the model runs (0: in this thread; default
+            :func:`~vitflow.data.loader.default_writers`).
         save_maps: ``"float16"`` or ``"float32"``: also write the raw maps, logits and targets
             of each chunk to ``OUT/maps/chunk_NNNNNN.safetensors`` (:func:`vitflow.load_maps`).
         images: write the picture bundles (``False`` with ``save_maps`` for maps-only runs).
@@ -301,7 +302,9 @@ def explain_files(
                     report.manifests.append(outcome)
                     tell(on_done, folder, outcome)
 
-                pool.submit(handle, write)
+                started = time.perf_counter()
+                pool.submit(handle, write)  # writes here with no writer threads, or waits when over the bound
+                timings["write"] += time.perf_counter() - started
         started = time.perf_counter()
         pool.collect(everything=True)  # the chunk is recorded only when all its files are
         timings["write"] += time.perf_counter() - started
@@ -320,7 +323,7 @@ def explain_files(
         return sum(len(b) for b in plan[chunk])
 
     describe = describer(plan, "images", lambda i: str(jobs[i][0]))
-    pool = _Writers(writers, bound=2 * batch_size)
+    pool = _Writers(default_writers() if writers is None else writers, bound=2 * batch_size)
     try:
         with DAAM(model, rho=rho, normalize_blocks=normalize_blocks, adapter=adapter) as daam:
             loader = iter(loader)

@@ -21,9 +21,14 @@ def label_frame(frame: np.ndarray, text: str) -> Image.Image:
 
 
 def encode_gif(frames: Sequence[Image.Image], duration_ms: int = 400, loop: int = 0) -> bytes:
-    """Animated GIF bytes; the last frame (the final explanation) is held three times as long."""
+    """Animated GIF bytes; the last frame (the final explanation) is held three times as long.
+
+    Each frame gets its own 256-colour palette by fast octree quantisation: 50-100x faster than
+    Pillow's default median cut (0.5 ms instead of 59 ms for a 224 px frame) for a mean colour
+    error of 3.7 instead of 3.6 levels out of 255 on an overlay (``benchmarks/pipeline.py``)."""
     if not frames:
         raise ValueError("encode_gif needs at least one frame")
+    frames = [frame.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE) for frame in frames]
     durations = [duration_ms] * (len(frames) - 1) + [3 * duration_ms]
     buffer = io.BytesIO()
     frames[0].save(
