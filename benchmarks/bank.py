@@ -4,6 +4,9 @@
     python benchmarks/bank.py --entries 200000     # smaller
     python benchmarks/bank.py --device cuda        # build and query on a GPU (the bank is copied there once)
 
+Merge: the bank written as 4096-row chunk files (what ``bank build`` leaves in ``OUT.parts/``), then
+streamed into one bank file, with the peak resident-memory growth of the merge and of loading it.
+
 Build: the demo ViT's backbone on procedural scenes written to a temporary folder (files read,
 decoded and preprocessed as a user's dataset would be). Query: a random unit-norm bank of
 ``entries x dim`` in float16; the k-NN weights (top-20 search in chunks, votes, ``w``) for a batch
@@ -19,6 +22,7 @@ import statistics
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +104,48 @@ def bench_query(bank: MemoryBank, batch: int, repeats: int, chunk: int, device: 
     return statistics.median(times), max(samples + [rss()]) - before
 
 
+def bench_merge(bank: MemoryBank, chunk_rows: int) -> tuple[float, int, int]:
+    """Seconds and peak resident-memory growth of the streaming merge of ``bank`` written as
+    chunk files of ``chunk_rows`` (as ``bank build`` leaves them), and of loading the result."""
+    from safetensors.torch import save_file
+
+    from vitflow.data.folders import LabelledImages
+    from vitflow.targets.bank_build import _merge_chunks
+
+    with tempfile.TemporaryDirectory() as tmp:
+        chunks = []
+        for k, start in enumerate(range(0, len(bank), chunk_rows)):
+            rows = slice(start, min(start + chunk_rows, len(bank)))
+            chunks.append(Path(tmp) / f"chunk_{k:06d}.safetensors")
+            index = torch.arange(rows.start, rows.stop, dtype=torch.int64)
+            save_file({"features": bank.features[rows].contiguous(), "index": index}, str(chunks[-1]))
+        images = LabelledImages([Path(f"{i}.jpg") for i in range(len(bank))], bank.labels.tolist(),
+                                bank.class_names)  # fmt: skip
+
+        def measured(work):
+            before, samples, done = rss(), [], threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    samples.append(rss())
+                    time.sleep(0.001)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            start = time.perf_counter()
+            result = work()
+            seconds = time.perf_counter() - start
+            done.set()
+            sampler.join()
+            return result, seconds, max(samples + [rss()]) - before
+
+        out = Path(tmp) / "merged.bank"
+        _, seconds, peak = measured(lambda: _merge_chunks(chunks, images, out, {"model": "random"}, {}))
+        loaded, _, load_peak = measured(lambda: MemoryBank.load(out))
+        assert torch.equal(loaded.features, bank.features)
+    return seconds, peak, load_peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -123,6 +169,10 @@ def main() -> None:
     print(f"query: bank {args.entries} x {args.dim} float16 ({size / 2**30:.2f} GiB), batch {args.batch}, "
           f"chunk {args.chunk}: {seconds:.3f} s per batch = {args.batch / seconds:.1f} queries/s; "
           f"peak memory during queries +{peak / 2**20:.0f} MiB")  # fmt: skip
+    seconds, peak, load_peak = bench_merge(bank, chunk_rows=4096)
+    print(f"merge: {len(bank) // 4096 + 1} chunk files of 4096 rows into one bank file: {seconds:.1f} s, "
+          f"peak memory +{peak / 2**20:.0f} MiB (the bank is {size / 2**20:.0f} MiB); loading it: "
+          f"+{load_peak / 2**20:.0f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -100,7 +100,13 @@ def init(device: torch.device) -> tuple[Group, torch.device]:
 
 
 def shutdown() -> None:
+    """Leave the run together: every rank waits for the others before the process group goes (a
+    rank tearing down gloo while a peer still uses it aborts the process)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        try:
+            torch.distributed.barrier()
+        except RuntimeError:  # a peer is gone already (a failed run): nothing to wait for
+            pass
         torch.distributed.destroy_process_group()
 
 
