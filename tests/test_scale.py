@@ -165,3 +165,27 @@ def test_bank_merge_streams_chunks_into_a_bank_equal_to_saving_it_whole(tmp_path
     whole = MemoryBank(expected, bank.labels, ["a", "b", "c"], {"model": "m"})
     whole.save(tmp_path / "w.bank")
     assert torch.equal(MemoryBank.load(tmp_path / "w.bank").features, bank.features)
+
+
+def test_evaluate_scores_saved_maps_without_running_the_model_for_them(tmp_path, capsys):
+    assert main(["scenes", "--out", str(tmp_path / "s"), "--n", "6", "--size", "96", "--seed", "4"]) == 0
+    assert main(["explain", str(tmp_path / "s" / "images"), "--out", str(tmp_path / "run"), "--save-maps",
+                 "--no-images", "--quiet"]) == 0  # fmt: skip  (each image's predicted class)
+    args = ["evaluate", "--methods", "daam", "--metrics", "energy,pointing_game", "--per-block-metrics", "",
+            "--quiet", "--workers", "0"]  # fmt: skip
+    run = ["--data", str(tmp_path / "s"), "--out", str(tmp_path / "e"), "--maps", str(tmp_path / "run")]
+    assert main([*args, *run]) == 0
+    records = [json.loads(line) for line in (tmp_path / "e" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(set(r["scores"]) == {"daam", "saved"} for r in records)
+    right = [r for r in records if r["correct"]]  # predicted = true class: the saved map is DAAM's map
+    assert right, "the demo ViT gets some of these scenes right"
+    for r in right:
+        assert r["scores"]["saved"]["energy"] == pytest.approx(r["scores"]["daam"]["energy"], rel=1e-4)
+    assert "| saved |" in (tmp_path / "e" / "results.md").read_text()
+    shard = sorted((tmp_path / "run" / "maps").glob("*.safetensors"))[0]
+    capsys.readouterr()
+    assert main(["scenes", "--out", str(tmp_path / "more"), "--n", "7", "--size", "96", "--seed", "4"]) == 0
+    more = ["--data", str(tmp_path / "more"), "--out", str(tmp_path / "e2"), "--maps", str(shard)]
+    assert main([*args, *more]) == 2  # a 7th scene, and only one shard of the run
+    error = capsys.readouterr().err
+    assert "vitflow: error: the saved maps have no map of" in error and "leave out --maps" in error

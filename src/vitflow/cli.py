@@ -269,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.add_argument(
+        "--maps", metavar="RUN",
+        help="also score the maps saved by vitflow explain --save-maps into RUN (method 'saved', no model "
+        "run for them; every image of the dataset must be among them)",
+    )  # fmt: skip
+    evaluate.add_argument(
         "--methods",
         default=",".join(method_names()),
         help=f"comma-separated, from {', '.join(method_names())} and daam_from_K (DAAM accumulated from "
@@ -598,12 +603,17 @@ def _evaluate(args: argparse.Namespace) -> int:
             texts = [f"a photo of a {name.replace('_', ' ')}" for name in dataset_classes(args.data)]
         loaded = _load(args, texts=texts)
         items = read_items(args.data, "first" if args.first_object_only else "all", args.boxes)[: args.limit]
+        saved = None
+        if args.maps:
+            from vitflow.mapfiles import load_maps
+
+            saved = load_maps(args.maps)
         progress = Progress(len(items), "evaluate", enabled=not args.quiet and group.is_main)
         summary = evaluate(
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),
             metrics=args.metrics.split(","), batch_size=args.batch_size, device=device, progress=progress,
             per_block_metrics=per_block, on_error=report, chunk_items=args.chunk, workers=args.workers,
-            group=group,
+            group=group, saved=saved,
         )  # fmt: skip
         progress.close()
         if group.rank:  # rank 0 reports and runs the sanity check

@@ -29,6 +29,7 @@ from vitflow.data.loader import ImageFiles, batches
 from vitflow.data.preprocess import Preprocessing
 from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
 from vitflow.files import write_bytes_atomic, write_json_atomic
+from vitflow.mapfiles import SavedMaps
 from vitflow.metrics import ScoringContext, cascading_randomization
 from vitflow.registry import METHODS, METRICS
 from vitflow.targets.bank import model_identity
@@ -231,6 +232,7 @@ def evaluate(
     chunk_items: int = 256,
     workers: int = 0,
     group: Group = SINGLE,
+    saved: SavedMaps | None = None,
 ) -> dict:
     """Run every method and metric over ``items``; write per-image records to ``out/records.jsonl``
     and return the summary (also written as results.*).
@@ -241,6 +243,9 @@ def evaluate(
     Items go in batches of ``batch_size``, ``chunk_items`` to a resumable chunk (rounded up to
     whole batches); under ``torchrun`` each rank (``group``) takes its share of the chunks and the
     records are those of one process. ``workers``: ``DataLoader`` processes decoding images.
+    ``saved``: maps saved by ``vitflow explain --save-maps`` (:func:`vitflow.load_maps`), scored
+    as one more method, ``saved``, without running the model for them: each item gets the saved
+    final map of its image (for the class it was made for).
     """
     methods = list(methods or method_names())
     metrics = list(metrics or metric_names())
@@ -252,11 +257,12 @@ def evaluate(
     model = model.eval().to(device)
     adapter = resolve_adapter(model, adapter)
     methods, notes = applicable_methods(adapter, methods)
+    lookup = _saved_lookup(saved, items) if saved is not None else None
     per_chunk = -(-chunk_items // batch_size)
     plan = chunk_batches(len(items), batch_size, per_chunk)
     state = {
         "model": model_identity(model), "batch_size": batch_size, "chunk_batches": per_chunk,
-        "methods": methods, "metrics": metrics,
+        "methods": methods + (["saved"] if saved is not None else []), "metrics": metrics,
         "per_block_metrics": per_block_metrics,
     }  # fmt: skip
     keys = chunk_keys(plan, lambda i: f"{items[i].name}\t{items[i].path}\t{items[i].target}")
@@ -279,7 +285,8 @@ def evaluate(
                 progress.update(len(batch.errors))
             if batch.x is None:
                 continue
-            records += _score_batch(adapter, batch, methods, metrics, per_block_metrics)
+            given = None if lookup is None else lookup(batch.items, batch.x.device)
+            records += _score_batch(adapter, batch, methods, metrics, per_block_metrics, given)
             if progress is not None:
                 progress.update(len(batch.items))
         record = {"rank": group.rank, "world_size": group.world_size, "records": records}
@@ -293,7 +300,7 @@ def evaluate(
         ledger.prune(".json")
         summary = _join_records(out, ledger, len(plan), len(items))
         if summary is not None:
-            summary.update(summarize(out, methods, metrics))
+            summary.update(summarize(out, methods + (["saved"] if saved is not None else []), metrics))
             summary["notes"] = notes + summary.get("notes", [])
     summary = group.first(summary)
     if summary is None:
@@ -301,13 +308,36 @@ def evaluate(
     return summary
 
 
+def _saved_lookup(saved: SavedMaps, items: Sequence[Item]):
+    """``lookup(batch items, device) -> (B, h, w)``: each item's saved final map, found by its
+    image file; refuses up front when an item's image has no saved map."""
+    rows = {Path(image).resolve(): row for row, image in enumerate(saved.images)}
+    missing = [item.path for item in items if item.path.resolve() not in rows]
+    if missing:
+        raise ValueError(
+            f"the saved maps have no map of {missing[0]} (and {len(missing) - 1} more); explain the same "
+            "images with vitflow explain --save-maps, or leave out --maps"
+        )
+    final = saved.result.final
+
+    def lookup(chosen: Sequence[Item], device) -> torch.Tensor:
+        picked = [rows[item.path.resolve()] for item in chosen]
+        return final[picked].to(device=device, dtype=torch.float32)
+
+    return lookup
+
+
 def _score_batch(
-    adapter: Adapter, batch: _Inputs, methods: list[str], metrics: list[str], per_block_metrics: list[str]
-) -> list[dict]:
-    """The per-item records of one batch: every method's map scored by every metric, and DAAM's
-    map after each block by the per-block metrics."""
+    adapter: Adapter, batch: _Inputs, methods: list[str], metrics: list[str], per_block_metrics: list[str],
+    saved: torch.Tensor | None = None,
+) -> list[dict]:  # fmt: skip
+    """The per-item records of one batch: every method's map scored by every metric, DAAM's map
+    after each block by the per-block metrics, and ``saved`` maps ``(B, h, w)`` as method ``saved``."""
     x, target = batch.x, batch.target
     maps = explain_all(adapter, x, target, methods)
+    if saved is not None:
+        maps["saved"] = saved
+        methods = [*methods, "saved"]
     with torch.no_grad():
         correct = (adapter.forward(x).argmax(1) == target).cpu()
     context = ScoringContext(adapter.forward, x, target, batch.masks)
