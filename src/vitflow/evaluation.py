@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from vitflow.baselines import MethodInputs
 from vitflow.data.loader import ImageFiles, batches
 from vitflow.data.preprocess import Preprocessing
 from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
-from vitflow.files import write_bytes_atomic, write_json_atomic
+from vitflow.files import atomic_path, write_bytes_atomic, write_json_atomic
 from vitflow.mapfiles import SavedMaps
 from vitflow.metrics import ScoringContext, cascading_randomization
 from vitflow.registry import METHODS, METRICS
@@ -362,22 +360,16 @@ def _join_records(out: Path, ledger: Ledger, chunks: int, total: int) -> dict | 
     """Write ``out/records.jsonl`` from the chunks' records, in item order, streaming one chunk
     at a time; ``None`` when no item could be read."""
     failed, count = 0, 0
-    fd, tmp = tempfile.mkstemp(prefix=".records.jsonl.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            for chunk in range(chunks):
-                record = json.loads(ledger.path(chunk, ".json").read_text())
-                failed += len(record["failures"])
-                count += len(record["records"])
-                for line in record["records"]:
-                    handle.write(json.dumps(line) + "\n")
-        if count == 0:
-            Path(tmp).unlink()
-            return None
-        os.replace(tmp, out / "records.jsonl")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out / "records.jsonl") as tmp, open(tmp, "w") as handle:
+        for chunk in range(chunks):
+            record = json.loads(ledger.path(chunk, ".json").read_text())
+            failed += len(record["failures"])
+            count += len(record["records"])
+            for line in record["records"]:
+                handle.write(json.dumps(line) + "\n")
+    if count == 0:  # nothing could be read: no records file, not an empty one
+        (out / "records.jsonl").unlink()
+        return None
     return {"failed": failed}
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
+from vitflow.files import atomic_path
 from vitflow.result import DAAMResult
 
 FORMAT = "vitflow-maps/1"
@@ -73,17 +73,9 @@ def save_shard(
         "prefix_tokens": result.prefix_tokens,
         "grid": list(result.grid),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"vitflow": json.dumps(header)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"vitflow": json.dumps(header)})
+    return Path(path)
 
 
 def shard_files(path: str | os.PathLike) -> list[Path]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from vitflow.files import atomic_path
 
 FORMAT = "vitflow-memory-bank/1"
 
@@ -153,15 +154,9 @@ class MemoryBank:
             "feature_dim": self.dim,
             "dtype": str(self.features.dtype).removeprefix("torch."),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            tensors = {"features": self.features.contiguous().cpu(), "labels": self.labels.contiguous().cpu()}
-            save_file(tensors, tmp, metadata={"vitflow": json.dumps(header)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        tensors = {"features": self.features.contiguous().cpu(), "labels": self.labels.contiguous().cpu()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"vitflow": json.dumps(header)})
         return path
 
     @classmethod

@@ -14,7 +14,6 @@ import os
 import shutil
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from vitflow.adapters import Adapter, resolve_adapter
 from vitflow.data.folders import LabelledImages
 from vitflow.data.loader import ImageFiles, batches
 from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
+from vitflow.files import atomic_path
 from vitflow.progress import Progress
 from vitflow.targets.bank import FORMAT, MemoryBank, model_identity
 from vitflow.version import __version__
@@ -118,11 +118,10 @@ def build_bank(
                 kept += batch.indices
             bar.update(len(batch.indices) + len(batch.errors))
         stored = torch.cat(features).to(dtype) if features else torch.empty(0, 0, dtype=dtype)
-        path = ledger.path(chunk, ".safetensors")
-        tmp = path.with_name(f".{path.name}.tmp")
         tensors = {"features": stored.contiguous(), "index": torch.tensor(kept, dtype=torch.int64)}
-        save_file(tensors, str(tmp), metadata={"rank": str(group.rank), "world_size": str(group.world_size)})
-        os.replace(tmp, path)
+        ranks = {"rank": str(group.rank), "world_size": str(group.world_size)}
+        with atomic_path(ledger.path(chunk, ".safetensors")) as tmp:
+            save_file(tensors, str(tmp), metadata=ranks)
         return sum(len(b) for b in plan[chunk])
 
     describe = describer(plan, "images", lambda i: str(images.paths[i]))
@@ -196,21 +195,14 @@ def _merge_chunks(
     }
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(struct.pack("<Q", len(encoded)) + encoded)
-            for path, count in zip(chunks, shapes, strict=True):
-                if count:
-                    handle.write(_read(path, "features").contiguous().numpy().tobytes())
-            handle.write(kept_labels.numpy().tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        for path, count in zip(chunks, shapes, strict=True):
+            if count:
+                handle.write(_read(path, "features").contiguous().numpy().tobytes())
+        handle.write(kept_labels.numpy().tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _read(path: Path, key: str) -> torch.Tensor:
