@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,8 @@ from vitflow.render import MODES
 from vitflow.version import __version__
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_RANK_FAILED = 0, 1, 2, 3
-_RANK = ""  # "[rank N] " on ranks other than 0 of a torchrun run: whose line it is
+# "[rank N] " on ranks other than 0 of a torchrun run (torchrun sets RANK): whose line it is
+_RANK = f"[rank {os.environ['RANK']}] " if os.environ.get("RANK", "0") != "0" else ""
 
 
 def _workers(text: str) -> int:
