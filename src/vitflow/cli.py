@@ -20,13 +20,7 @@ _RANK = f"[rank {os.environ['RANK']}] " if os.environ.get("RANK", "0") != "0" el
 
 
 def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (decode in the main process) or more, got {value}")
-    return value
+    return _whole_number(text, 0, "must be 0 (decode in the main process) or more")
 
 
 def _add_scale_options(parser: argparse.ArgumentParser, chunk: int) -> None:
@@ -46,12 +40,16 @@ def _add_scale_options(parser: argparse.ArgumentParser, chunk: int) -> None:
 
 
 def _positive_int(text: str) -> int:
+    return _whole_number(text, 1, "must be at least 1")
+
+
+def _whole_number(text: str, minimum: int, rule: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{rule}, got {value}")
     return value
 
 
