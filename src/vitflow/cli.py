@@ -333,7 +333,41 @@ def build_parser() -> argparse.ArgumentParser:
     info = bank_commands.add_parser("info", help="print a memory bank's size, classes and metadata")
     info.add_argument("bank", metavar="FILE")
     info.set_defaults(handler=_bank_info)
+
+    models = commands.add_parser(
+        "models",
+        help="which architectures DAAM explains (timm, transformers, torchvision, open_clip)",
+        description="Without PATTERN: the supported-model table (one row per architecture class, each "
+        "tested). With PATTERN (shell-style, e.g. 'beit*' or 'vit_small_*'): every matching timm, "
+        "torchvision and open_clip name with its class and verdict; timm names are built on the meta "
+        "device (no download, about 0.1 s each).",
+    )
+    models.add_argument("pattern", nargs="?", metavar="PATTERN")
+    models.set_defaults(handler=_models)
     return parser
+
+
+def _models(args: argparse.Namespace) -> int:
+    from vitflow import zoo
+
+    if not args.pattern:
+        print(zoo.markdown(), end="")
+        return EXIT_OK
+    rows = [
+        ("timm", name, cls, status) for name, cls, status in zoo.timm_verdicts(zoo.timm_names(args.pattern))
+    ]
+    rows += [(family, name, cls, "yes" if reason is None else f"no: {reason}")
+             for family, name, cls, reason in zoo.other_names(args.pattern)]  # fmt: skip
+    if not rows:
+        _error(f"no architecture matches {args.pattern!r}; run `vitflow models` for the table")
+        return EXIT_USAGE
+    width = max(len(name) for _, name, _, _ in rows)
+    cls_width = max(len(cls) for _, _, cls, _ in rows)
+    for family, name, cls, status in rows:
+        print(f"{family:<12} {name:<{width}}  {cls:<{cls_width}}  {status}")
+    supported = sum(status.startswith("yes") for *_, status in rows)
+    print(f"{supported} of {len(rows)} supported")
+    return EXIT_OK
 
 
 def _error(message: str) -> None:

@@ -82,10 +82,30 @@ def _offline(spec: str, error: Exception, hint: str) -> ModelLoadError:
 @register_loader("timm")
 def _timm(name, checkpoint, headless, texts, img_size=None):
     kwargs = {"num_classes": 0} if headless else {}
+    if headless and _pools_patches_by_default(name):
+        # a backbone's feature is its [class] token after the final norm (method.md section 5);
+        # BEiT, EVA and others average the patches by default
+        kwargs["global_pool"] = "token"
     if img_size is not None:
         kwargs["img_size"] = img_size
     model = load_timm_model(name, checkpoint, **kwargs)
     return LoadedModel(model, Preprocessing.for_timm(model), None if headless else class_names(model), name)
+
+
+def _pools_patches_by_default(name: str) -> bool:
+    """Whether timm's ``name`` has a [class] token but a head that averages patch tokens (built
+    on the meta device: no weights)."""
+    import warnings
+
+    import timm
+
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = timm.create_model(name.split(".")[0], pretrained=False)
+    except Exception:  # noqa: BLE001 - the real build reports the problem
+        return False
+    return getattr(model, "cls_token", None) is not None and getattr(model, "global_pool", "token") == "avg"
 
 
 @register_loader("transformers")

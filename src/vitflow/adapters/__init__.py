@@ -51,6 +51,12 @@ def resolve_adapter(
     """The adapter for ``model``: the one given, else the first registered one that matches.
     Compiled and data-parallel wrappers are looked through (:func:`unwrap_model`)."""
     model = unwrap_model(model)
+    if adapter is None:
+        from vitflow.zoo import hierarchical_reason
+
+        reason = hierarchical_reason(model)
+        if reason is not None:
+            raise ValueError(reason)
     if isinstance(adapter, Adapter):
         resolved = adapter
     elif adapter is not None:

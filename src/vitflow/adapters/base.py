@@ -72,6 +72,14 @@ class BlockRecord:
                 raise RecordError(f"block {self.index} ran twice in one forward pass")
             self.v = v.detach()
 
+    def row_and_values(self, attn_row: torch.Tensor, v: torch.Tensor) -> None:
+        """For sites that form the [class] attention row themselves (a position bias or rotation
+        the model applies inside its forward): ``attn_row`` ``(B, H, N)``, ``v`` ``(B, H, N, d)``."""
+        if self.active:
+            if self.attn_row is not None or self.v is not None:
+                raise RecordError(f"block {self.index} ran twice in one forward pass")
+            self.attn_row, self.v = attn_row.detach(), v.detach()
+
     def attention_output(self, out: torch.Tensor) -> torch.Tensor:
         """``out``: ``(B, N, C)`` before the output projection. Returns the tensor the model must
         go on with: the same values, made part of the autograd graph when nothing upstream is."""
