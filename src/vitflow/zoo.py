@@ -254,8 +254,7 @@ ARCHITECTURES: list[Architecture] = [
 ]
 
 #: starts of class names (in the model libraries) of hierarchical vision transformers: tokens are
-#: merged between
-#: stages and there is no [class] token, so there is nothing for DAAM to decompose
+#: merged between stages and there is no [class] token, so there is nothing for DAAM to decompose
 HIERARCHICAL = (
     "Swin",
     "MaxxVit",
