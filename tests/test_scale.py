@@ -189,3 +189,17 @@ def test_evaluate_scores_saved_maps_without_running_the_model_for_them(tmp_path,
     assert main([*args, *more]) == 2  # a 7th scene, and only one shard of the run
     error = capsys.readouterr().err
     assert "vitflow: error: the saved maps have no map of" in error and "leave out --maps" in error
+
+
+def test_atomic_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """mkstemp makes 0600 files; a written output must be readable like any other file."""
+    import os
+    import stat
+
+    from vitflow.files import write_bytes_atomic
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    written = write_bytes_atomic(tmp_path / "out" / "atomic.bin", b"x")
+    assert stat.S_IMODE(os.stat(written).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
+    assert not list((tmp_path / "out").glob(".*.tmp"))
