@@ -41,7 +41,9 @@ def main() -> None:
     bank_views = np.concatenate([rw.views(pictures[n], 8, seed=c) for c, n in enumerate(names)])
     with torch.no_grad():
         features = model(torch.from_numpy(rw.normalise(bank_views)))
-    bank = MemoryBank(torch.nn.functional.normalize(features, dim=1), torch.arange(6).repeat_interleave(8), names)
+    bank = MemoryBank(
+        torch.nn.functional.normalize(features, dim=1), torch.arange(6).repeat_interleave(8), names
+    )
     shown = ["cat", "coffee", "astronaut", "temple"]
     images = [np.asarray(Image.fromarray(pictures[n]).resize((224, 224), Image.BICUBIC)) for n in shown]
     with DAAM(model) as daam:

@@ -157,3 +157,23 @@ def test_self_supervised_journey_from_the_command_line(model, scene, tmp_path):
     with DAAM(model) as daam:
         library = daam(x, target=KNNTarget(bank, k=5))
     assert relative_error(row, library.block_maps[0]) <= 1e-3
+
+
+def test_a_dino_style_dump_of_real_features_explains_like_the_built_bank(model, scene, tmp_path):
+    """Real DINOv2 features saved the way DINO's eval_knn.py --dump_features saves them, imported
+    with `vitflow bank import`, give the same maps as the bank built in memory."""
+    pictures, names, bank_views, bank = scene
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    torch.save(bank.features.clone(), dump / "trainfeat.pth")
+    torch.save(bank.labels.clone(), dump / "trainlabels.pth")
+    (tmp_path / "names.txt").write_text("\n".join(names))
+    out = tmp_path / "imported.bank"
+    assert main(["bank", "import", str(dump), "--classes", str(tmp_path / "names.txt"), "--out", str(out)]) == 0
+    imported = MemoryBank.load(out)
+    x = torch.from_numpy(rw.normalise(views(pictures["flower"], 2, seed=5)))
+    with DAAM(model) as daam:
+        built = daam(x, target=KNNTarget(bank, k=5))
+        loaded = daam(x, target=KNNTarget(imported, k=5))
+    assert [names[int(t)] for t in loaded.target] == ["flower", "flower"]
+    torch.testing.assert_close(loaded.block_maps, built.block_maps)

@@ -330,6 +330,26 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(handler=_bank_build, text=None)
+    imp = bank_commands.add_parser(
+        "import",
+        help="make a memory bank from a feature dump (DINO's eval_knn.py --dump_features, DINOv2, ...)",
+        description="A bank from features (N, D) and labels (N,) another tool saved: a DINO dump folder "
+        "(trainfeat.pth, trainlabels.pth, ...) or --features/--labels files (weights-only torch.save, "
+        ".npy or .safetensors; never unpickled). Features are L2-normalised if they are not; class names "
+        "come from --classes, else ImageNet-1k's for 1,000 classes, else class_0...",
+    )
+    imp.add_argument("dump", nargs="?", metavar="DUMP_DIR", help="folder holding DINO's dump files")
+    imp.add_argument("--split", choices=("train", "test"), default="train",
+                     help="which of the dump's splits becomes the bank (default train, as DINO's k-NN)")
+    imp.add_argument("--features", metavar="FILE", help="features file (instead of DUMP_DIR)")
+    imp.add_argument("--labels", metavar="FILE", help="labels file (instead of DUMP_DIR)")
+    imp.add_argument("--classes", metavar="FILE", help="class names, one per line or a JSON list")
+    imp.add_argument("--model", metavar="NAME",
+                     help="the model the features came from (recorded; explain --bank then refuses others), "
+                     "e.g. vit_small_patch16_224.dino")
+    imp.add_argument("--out", required=True, metavar="FILE", help="the .bank file to write")
+    imp.add_argument("--half", action="store_true", help="store features in float16")
+    imp.set_defaults(handler=_bank_import)
     info = bank_commands.add_parser("info", help="print a memory bank's size, classes and metadata")
     info.add_argument("bank", metavar="FILE")
     info.set_defaults(handler=_bank_info)
@@ -597,6 +617,31 @@ def _bank_build(args: argparse.Namespace) -> int:
     if skipped:  # this run's and, resumed, earlier runs' unreadable images
         _error(f"{skipped} of {len(images)} images could not be read and were left out")
         return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def _bank_import(args: argparse.Namespace) -> int:
+    from vitflow.targets.bank_import import dump_files, import_dump, read_class_names
+
+    try:
+        if args.dump and (args.features or args.labels):
+            raise ValueError("give a dump folder or --features and --labels, not both")
+        if args.dump:
+            features, labels = dump_files(args.dump, args.split)
+        elif args.features and args.labels:
+            features, labels = args.features, args.labels
+        else:
+            raise ValueError("give a dump folder (DINO's --dump_features) or both --features and --labels")
+        names = read_class_names(args.classes) if args.classes else None
+        bank, notes = import_dump(features, labels, class_names=names, model_name=args.model, half=args.half)
+        bank.save(args.out)
+    except _usage_errors() as error:
+        _error(_one_line(error))
+        return EXIT_USAGE
+    for note in notes:
+        _note(note)
+    print(f"{args.out}: {len(bank)} x {bank.dim} {str(bank.features.dtype).removeprefix('torch.')}, "
+          f"{bank.num_classes} classes (from {features})")  # fmt: skip
     return EXIT_OK
 
 
