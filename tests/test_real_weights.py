@@ -169,7 +169,9 @@ def test_a_dino_style_dump_of_real_features_explains_like_the_built_bank(model, 
     torch.save(bank.labels.clone(), dump / "trainlabels.pth")
     (tmp_path / "names.txt").write_text("\n".join(names))
     out = tmp_path / "imported.bank"
-    assert main(["bank", "import", str(dump), "--classes", str(tmp_path / "names.txt"), "--out", str(out)]) == 0
+    assert (
+        main(["bank", "import", str(dump), "--classes", str(tmp_path / "names.txt"), "--out", str(out)]) == 0
+    )
     imported = MemoryBank.load(out)
     x = torch.from_numpy(rw.normalise(views(pictures["flower"], 2, seed=5)))
     with DAAM(model) as daam:

@@ -263,7 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--text", action="append", metavar="PROMPT",
         help="open_clip models: one text per class, in class order (default: 'a photo of a CLASS')",
     )  # fmt: skip
-    evaluate.add_argument("--data", required=True, help="scenes folder (with boxes.json) or ImageFolder tree")
+    evaluate.add_argument(
+        "--data", required=True,
+        help="scenes folder (with boxes.json) or ImageFolder tree; with --protocol chefer also "
+        "ImageNet-segmentation's gtsegs_ijcv.mat",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--protocol", choices=("vitflow", "chefer"), default="vitflow",
+        help="vitflow (default: every metric per image, the model's own preprocessing) or chefer: "
+        "Chefer et al. (CVPR 2021) exactly as their code computes it (resize without crop; pixel "
+        "accuracy, IoU summed over the dataset, AP over foreground and background on a .mat file; "
+        "positive/negative perturbation AUC against the true label on an ImageFolder tree); "
+        "README, 'Public protocols'",
+    )  # fmt: skip
     evaluate.add_argument(
         "--boxes", metavar="DIR", help="ILSVRC box annotations (DIR/<image stem>.xml) as masks"
     )
@@ -339,14 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
         "come from --classes, else ImageNet-1k's for 1,000 classes, else class_0...",
     )
     imp.add_argument("dump", nargs="?", metavar="DUMP_DIR", help="folder holding DINO's dump files")
-    imp.add_argument("--split", choices=("train", "test"), default="train",
-                     help="which of the dump's splits becomes the bank (default train, as DINO's k-NN)")
+    imp.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="which of the dump's splits becomes the bank (default train, as DINO's k-NN)",
+    )
     imp.add_argument("--features", metavar="FILE", help="features file (instead of DUMP_DIR)")
     imp.add_argument("--labels", metavar="FILE", help="labels file (instead of DUMP_DIR)")
     imp.add_argument("--classes", metavar="FILE", help="class names, one per line or a JSON list")
-    imp.add_argument("--model", metavar="NAME",
-                     help="the model the features came from (recorded; explain --bank then refuses others), "
-                     "e.g. vit_small_patch16_224.dino")
+    imp.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the model the features came from (recorded; explain --bank then refuses others), "
+        "e.g. vit_small_patch16_224.dino",
+    )
     imp.add_argument("--out", required=True, metavar="FILE", help="the .bank file to write")
     imp.add_argument("--half", action="store_true", help="store features in float16")
     imp.set_defaults(handler=_bank_import)
@@ -661,6 +680,62 @@ def _bank_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _evaluate_chefer(args: argparse.Namespace) -> int:
+    from vitflow.chefer import Source, evaluate_chefer
+    from vitflow.distributed import RankFailure
+    from vitflow.evaluation import check_names, metric_names
+    from vitflow.progress import Progress
+
+    progress = None
+
+    def report(message: str) -> None:
+        if progress is not None:
+            progress.clear()
+        _error(message)
+
+    try:
+        options = (
+            ("metrics", args.metrics, ",".join(metric_names())),
+            ("boxes", args.boxes, None),
+            ("maps", args.maps, None),
+            ("sanity", args.sanity, 0),
+            ("first-object-only", args.first_object_only, False),
+        )
+        unused = [f"--{name}" for name, given, default in options if given != default]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} do not apply to --protocol chefer (its metrics are fixed)")
+        check_names(args.methods.split(","), [])
+        group, device = _device(args.device)
+        loaded = _load(args)
+        total = len(Source.open(args.data).names)
+        count = total if args.limit is None else min(args.limit, total)
+        progress = Progress(count, "evaluate", enabled=not args.quiet and group.is_main)
+        summary = evaluate_chefer(
+            loaded.model, loaded.preprocessing, args.data, args.out, methods=args.methods.split(","),
+            batch_size=args.batch_size, device=device, progress=progress, on_error=report,
+            chunk_items=args.chunk, workers=args.workers, group=group, limit=args.limit,
+        )  # fmt: skip
+        progress.close()
+    except RankFailure as error:
+        return _rank_failed(error)
+    except _usage_errors() as error:
+        _error(_one_line(error))
+        return EXIT_USAGE
+    if group.rank:
+        return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK
+    accuracy = "" if summary["accuracy"] is None else f" (model accuracy {summary['accuracy']:.3f})"
+    print(
+        f"evaluated {summary['items']} items{accuracy} with Chefer et al.'s protocol -> {args.out}/results.md"
+    )
+    print((Path(args.out) / "results.md").read_text(), end="")
+    for note in summary.get("notes", []):
+        _note(note)
+    if summary["failed"]:
+        _error(f"{summary['failed']} of {count} items could not be read and were left out")
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from vitflow.distributed import RankFailure
     from vitflow.evaluation import check_names, dataset_classes, evaluate, read_items, sanity_check
@@ -673,7 +748,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             progress.clear()
         _error(message)
 
+    if args.protocol == "chefer":
+        return _evaluate_chefer(args)
     try:
+        if str(args.data).lower().endswith(".mat"):
+            raise ValueError(
+                f"{args.data}: a gtsegs_ijcv.mat file has no class labels for vitflow's protocol (which "
+                "explains the true class); evaluate it with --protocol chefer (explains the predicted class)"
+            )
         per_block = [m for m in args.per_block_metrics.split(",") if m]
         check_names(args.methods.split(","), [*args.metrics.split(","), *per_block])
         group, device = _device(args.device)

@@ -1,0 +1,356 @@
+"""``vitflow evaluate --protocol chefer``: Chefer, Gur & Wolf (CVPR 2021), "Transformer
+Interpretability Beyond Attention Visualization", computed as their published evaluation code
+computes it (``baselines/ViT/imagenet_seg_eval.py``, ``utils/metrices.py``,
+``baselines/ViT/pertubation_eval_from_hdf5.py``), so numbers sit beside their Tables 1 and 2.
+
+Both tests explain the model's predicted class (their default, ``--vis-class top``).
+
+Segmentation (ImageNet-segmentation, ``gtsegs_ijcv.mat``; Table 2):
+  image resized to the model's input size without a crop, the model's normalisation; mask resized
+  with nearest neighbour; the map upsampled bilinearly to the input, min-max normalised per image,
+  binarised at its mean (``> mean`` is foreground). Pixel accuracy and the per-class IoU are
+  **summed over the dataset** (correct pixels / all pixels; intersection / union per class, then
+  the mean of background and foreground IoU); AP is per image over the foreground *and*
+  background channels together (the map for the foreground, one minus it for the background),
+  then averaged.
+
+Perturbation (an ImageFolder tree, e.g. ImageNet val; Table 1):
+  the upsampled, min-max normalised map ranks the input's pixels; 10%, 20% ... 90% of them are
+  set to black (zero before normalisation), most relevant first (positive) or least relevant
+  first (negative). At each step, top-1 accuracy against the true label; step 0 is the model's
+  accuracy on the intact images. ``AUC = trapz(accuracy, [0, 0.1, ..., 0.9]) * 100``: integrated,
+  not divided by the range (0.9), as in their paper (github issue #31 of their repository).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from vitflow.core.maps import upsample
+from vitflow.data.images import ImageLoadError, read_image
+from vitflow.data.loader import batches
+from vitflow.data.preprocess import Preprocessing
+from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
+from vitflow.files import atomic_path, write_bytes_atomic, write_json_atomic
+from vitflow.metrics.localization import _average_precision
+
+STEPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+# -- the numbers, per batch -----------------------------------------------------------------------
+
+
+def normalised_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, h, w)`` maps -> ``(B, H, W)``: bilinear upsampling (half-pixel centres, as
+    ``F.interpolate(scale_factor=16, mode='bilinear')``), then per-image min-max. A constant map
+    becomes all zeros (theirs becomes NaN, which every later step treats as 0)."""
+    big = upsample(maps.float(), size) if maps.shape[-2:] != torch.Size(size) else maps.float()
+    low = big.amin(dim=(1, 2), keepdim=True)
+    span = big.amax(dim=(1, 2), keepdim=True) - low
+    return torch.where(span > 0, (big - low) / span.clamp_min(1e-30), torch.zeros_like(big))
+
+
+def segmentation_counts(unit: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image: ``correct`` and ``labeled`` pixels, ``inter``/``union`` ``(B, 2)`` for
+    (background, foreground), ``ap`` over both channels. ``unit``: normalised maps; ``masks`` bool."""
+    truth = masks.to(unit.device).bool().flatten(1)
+    flat = unit.flatten(1)
+    foreground = flat > flat.mean(dim=1, keepdim=True)  # a constant (all-zero) map: all background
+    counts = {
+        "correct": (foreground == truth).sum(dim=1),
+        "labeled": torch.full((flat.shape[0],), flat.shape[1], device=flat.device),
+        "inter": torch.stack([(~foreground & ~truth).sum(1), (foreground & truth).sum(1)], dim=1),
+        "union": torch.stack([(~foreground | ~truth).sum(1), (foreground | truth).sum(1)], dim=1),
+    }
+    scores = torch.cat([1 - flat, flat], dim=1)  # background channel, then foreground
+    positives = torch.cat([~truth, truth], dim=1)
+    counts["ap"] = _average_precision(scores.double(), positives).nan_to_num(0.0)
+    return counts
+
+
+def perturbation_hits(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    unit: torch.Tensor,
+    labels: torch.Tensor,
+    black: torch.Tensor,
+    positive: bool,
+    steps: Sequence[float] = STEPS,
+) -> torch.Tensor:
+    """``(B, 1 + len(steps))`` bool: top-1 correct on the intact input, then after blacking out
+    each step's share of pixels, most relevant first (``positive``) or least relevant first.
+    ``black``: ``(3,)`` the normalised value of a zero pixel."""
+    batch, channels = x.shape[:2]
+    pixels = x.shape[-2] * x.shape[-1]
+    ranking = (unit if positive else -unit).reshape(batch, -1)
+    with torch.no_grad():
+        hits = [forward(x).argmax(1) == labels]
+        for step in steps:
+            _, idx = torch.topk(ranking, int(pixels * step), dim=-1)
+            removed = torch.zeros(batch, pixels, dtype=torch.bool, device=x.device)
+            removed.scatter_(1, idx, True)
+            removed = removed.reshape(batch, 1, *x.shape[-2:])
+            perturbed = torch.where(
+                removed, black.to(x)[None, :, None, None].expand(batch, channels, 1, 1), x
+            )
+            hits.append(forward(perturbed).argmax(1) == labels)
+    return torch.stack(hits, dim=1)
+
+
+def auc(accuracy: Sequence[float], steps: Sequence[float] = STEPS) -> float:
+    """``trapz(accuracy, [0, *steps]) * 100`` (their AUC: not divided by the range)."""
+    x = np.array([0.0, *steps])
+    y = np.asarray(accuracy, dtype=np.float64)
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) * 100)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def resize_preprocessing(preprocessing: Preprocessing) -> Preprocessing:
+    """Their input transform: ``Resize((S, S))`` (bilinear, antialiased) without a crop, then the
+    model's normalisation. ``S``: the model's input size."""
+    import torchvision.transforms as T
+
+    size = tuple(preprocessing.config.get("input_size", (3, 224, 224))[-2:])
+    transform = T.Compose([T.Resize(size), T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)])
+    config = {**preprocessing.config, "crop_pct": 1.0, "protocol": "chefer"}
+    return Preprocessing(transform, preprocessing.mean, preprocessing.std, config)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the protocol reads: a ``gtsegs_ijcv.mat`` file (masks, no labels) or labelled image
+    files (labels, no masks)."""
+
+    names: list[str]
+    labels: list[int]  # -1 where unknown
+    segs: object | None = None  # GtSegs
+    paths: list[Path] | None = None
+
+    @classmethod
+    def open(cls, data: str | Path) -> Source:
+        from vitflow.data.gtsegs import GtSegs, is_gtsegs
+
+        if is_gtsegs(data):
+            segs = GtSegs(data)
+            return cls([f"{i:05d}" for i in range(len(segs))], [-1] * len(segs), segs=segs)
+        from vitflow.data.folders import list_labelled_images
+
+        images = list_labelled_images(data)
+        names = [
+            str(p.relative_to(Path(data))) if p.is_relative_to(Path(data)) else str(p) for p in images.paths
+        ]
+        return cls(names, list(images.labels), paths=list(images.paths))
+
+
+class _Samples(Dataset):
+    """Item ``i`` as :func:`vitflow.data.loader.collate` expects; the extra is the mask resized
+    with nearest neighbour to the input size (gtsegs only)."""
+
+    def __init__(self, source: Source, preprocessing: Preprocessing) -> None:
+        self.source, self.preprocessing = source, preprocessing
+        self.size = tuple(preprocessing.config.get("input_size", (3, 224, 224))[-2:])
+
+    def __len__(self) -> int:
+        return len(self.source.names)
+
+    def __getitem__(self, index: int):
+        source = self.source
+        try:
+            if source.segs is not None:
+                image = source.segs.image(index)
+                mask = Image.fromarray(source.segs.mask(index).astype(np.uint8))
+                mask = torch.from_numpy(np.asarray(mask.resize(self.size[::-1], Image.NEAREST)) > 0)
+                return index, self.preprocessing(image), [], mask, None
+            loaded = read_image(source.paths[index])
+            return index, self.preprocessing(loaded.image), loaded.notes, None, None
+        except ImageLoadError as error:
+            return index, None, [], None, str(error)
+        except Exception as error:  # noqa: BLE001 - a damaged entry of the .mat file is one failed item
+            return (
+                index,
+                None,
+                [],
+                None,
+                f"{source.names[index]}: unreadable ({type(error).__name__}: {error})",
+            )
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def evaluate_chefer(
+    model: nn.Module,
+    preprocessing: Preprocessing,
+    data: str | Path,
+    out: str | Path,
+    methods: Sequence[str],
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress=None,
+    on_error: Callable[[str], None] | None = None,
+    chunk_items: int = 256,
+    workers: int = 0,
+    group: Group = SINGLE,
+    limit: int | None = None,
+) -> dict:
+    """Run the protocol for every method over ``data``; write ``OUT/records.jsonl`` (per-image
+    counts and hits), ``results.json`` and ``results.md``; return the summary. Resumable by chunk
+    and shared across ``torchrun`` ranks like :func:`vitflow.evaluation.evaluate`."""
+    from vitflow.adapters import resolve_adapter
+    from vitflow.evaluation import applicable_methods, check_names
+    from vitflow.targets.bank import model_identity
+
+    check_names(methods, [])
+    out = Path(out)
+    if group.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    model = model.eval().to(device)
+    adapter = resolve_adapter(model)
+    methods, notes = applicable_methods(adapter, list(methods))
+    source = Source.open(data)
+    count = len(source.names) if limit is None else min(limit, len(source.names))
+    pre = resize_preprocessing(preprocessing)
+    black = (torch.zeros(3) - torch.tensor(pre.mean)) / torch.tensor(pre.std)
+    per_chunk = -(-chunk_items // batch_size)
+    plan = chunk_batches(count, batch_size, per_chunk)
+    state = {"protocol": "chefer", "model": model_identity(model), "batch_size": batch_size,
+             "chunk_batches": per_chunk, "methods": methods, "data": str(data)}  # fmt: skip
+    keys = chunk_keys(plan, lambda i: f"{source.names[i]}\t{source.labels[i]}")
+    ledger = Ledger(out / "chunks", state, keys, group, strict=True, what="evaluate --protocol chefer")
+    todo = ledger.todo(".json")
+    if progress is not None:
+        progress.skip(sum(len(b) for c in set(range(len(plan))) - set(todo) for b in plan[c]))
+    mine = todo[group.rank :: group.world_size]
+    dataset = _Samples(source, pre)
+    device = torch.device(device)
+    loaded = iter(batches(dataset, [list(b) for c in mine for b in plan[c]], workers, device.type == "cuda"))
+    report = on_error or (lambda message: None)
+
+    def run_chunk(chunk: int) -> int:
+        records, failures = [], []
+        for _ in plan[chunk]:
+            batch = next(loaded)
+            for _, message in batch.errors:
+                failures.append(message)
+                report(message)
+            if progress is not None:
+                progress.update(len(batch.errors))
+            if batch.x is None:
+                continue
+            records += _score(adapter, batch, source, methods, black, device)
+            if progress is not None:
+                progress.update(len(batch.indices))
+        write_json_atomic(ledger.path(chunk, ".json"), {"records": records, "failures": failures})
+        return sum(len(b) for b in plan[chunk])
+
+    run_chunks(group, todo, run_chunk, describer(plan, "items", lambda i: source.names[i]),
+               progress.update if progress is not None else None)  # fmt: skip
+    summary = None
+    if group.is_main:
+        ledger.prune(".json")
+        summary = _summarize(out, ledger, len(plan), methods, count)
+        if summary is not None:
+            summary["notes"] = notes
+    summary = group.first(summary)
+    if summary is None:
+        raise ValueError(f"none of the {count} items could be evaluated (no image could be read)")
+    return summary
+
+
+def _score(adapter, batch, source: Source, methods: list[str], black: torch.Tensor, device) -> list[dict]:
+    from vitflow.evaluation import explain_all
+
+    x = batch.x.to(device, non_blocking=True)
+    labels = torch.tensor([source.labels[i] for i in batch.indices], device=device)
+    with torch.no_grad():
+        predicted = adapter.forward(x).argmax(1)
+    maps = explain_all(adapter, x, predicted, methods)
+    masks = torch.stack(batch.extras).to(device) if all(m is not None for m in batch.extras) else None
+    has_labels = bool((labels >= 0).all())
+    records = [{"item": source.names[i], "label": source.labels[i], "predicted": int(predicted[k]),
+                "methods": {}} for k, i in enumerate(batch.indices)]  # fmt: skip
+    for name in methods:
+        unit = normalised_maps(maps[name], tuple(x.shape[-2:]))
+        per_image: list[dict] = [{} for _ in batch.indices]
+        if masks is not None:
+            counts = segmentation_counts(unit, masks)
+            for k, entry in enumerate(per_image):
+                entry.update({key: value[k].tolist() for key, value in counts.items()})
+        if has_labels:
+            for sign, positive in (("positive", True), ("negative", False)):
+                hits = perturbation_hits(adapter.forward, x, unit, labels, black, positive)
+                for k, entry in enumerate(per_image):
+                    entry[sign] = hits[k].int().tolist()
+        for record, entry in zip(records, per_image, strict=True):
+            record["methods"][name] = entry
+    return records
+
+
+def _summarize(out: Path, ledger: Ledger, chunks: int, methods: list[str], total: int) -> dict | None:
+    """Join the chunks into ``records.jsonl`` and aggregate as their code does."""
+    records, failed = [], 0
+    with atomic_path(out / "records.jsonl") as tmp, open(tmp, "w") as handle:
+        for chunk in range(chunks):
+            part = json.loads(ledger.path(chunk, ".json").read_text())
+            failed += len(part["failures"])
+            for record in part["records"]:
+                records.append(record)
+                handle.write(json.dumps(record) + "\n")
+    if not records:
+        (out / "records.jsonl").unlink()
+        return None
+    table: dict[str, dict] = {}
+    for name in methods:
+        rows = [r["methods"][name] for r in records]
+        entry: dict = {}
+        if "correct" in rows[0]:
+            correct, labeled = sum(r["correct"] for r in rows), sum(r["labeled"] for r in rows)
+            inter = np.sum([r["inter"] for r in rows], axis=0, dtype=np.float64)
+            union = np.sum([r["union"] for r in rows], axis=0, dtype=np.float64)
+            iou = inter / (np.spacing(1) + union)
+            entry.update({"pixel_accuracy": correct / (np.spacing(1) + labeled), "iou_background": iou[0],
+                          "iou_foreground": iou[1], "miou": float(iou.mean()),
+                          "map": float(np.mean([r["ap"] for r in rows]))})  # fmt: skip
+        for sign in ("positive", "negative"):
+            if sign in rows[0]:
+                accuracy = np.mean([r[sign] for r in rows], axis=0)
+                entry[f"{sign}_accuracy"] = accuracy.tolist()
+                entry[f"{sign}_auc"] = auc(accuracy)
+        table[name] = {k: (float(v) if not isinstance(v, list) else v) for k, v in entry.items()}
+    summary = {"protocol": "chefer", "items": len(records), "failed": failed, "total": total,
+               "accuracy": _accuracy(records), "methods": table, "steps": [0.0, *STEPS]}  # fmt: skip
+    write_json_atomic(out / "results.json", summary)
+    write_bytes_atomic(out / "results.md", _markdown(table).encode())
+    return summary
+
+
+def _accuracy(records: list[dict]) -> float | None:
+    labelled = [r for r in records if r["label"] >= 0]
+    return sum(r["predicted"] == r["label"] for r in labelled) / len(labelled) if labelled else None
+
+
+_COLUMNS = [("pixel_accuracy", "pixel acc. ↑", 100), ("miou", "mIoU ↑", 100), ("map", "mAP ↑", 100),
+            ("positive_auc", "positive AUC ↓", 1), ("negative_auc", "negative AUC ↑", 1)]  # fmt: skip
+
+
+def _markdown(table: dict[str, dict]) -> str:
+    """Their units: percentages for segmentation (Table 2), AUC x 100 for perturbation (Table 1)."""
+    present = [c for c in _COLUMNS if any(c[0] in row for row in table.values())]
+    lines = ["| method | " + " | ".join(title for _, title, _ in present) + " |",
+             "|---|" + "---:|" * len(present)]  # fmt: skip
+    for name, row in table.items():
+        lines.append(
+            f"| {name} | " + " | ".join(f"{row[key] * scale:.2f}" for key, _, scale in present) + " |"
+        )
+    return "\n".join(lines) + "\n"
