@@ -200,10 +200,24 @@ def test_models_command_lists_table_and_names(capsys):
 
 def test_backbones_from_the_command_line_read_the_class_token():
     """``--bank`` builds timm models headless; those that average patches by default are built
-    with global_pool='token', the method's feature (method.md section 5)."""
-    from vitflow.models import _pools_patches_by_default
+    with global_pool='token' and their final norm where the weights have it, so the same
+    checkpoint loads key for key and the feature is the normalised [class] token."""
+    from vitflow.models import class_token_backbone_kwargs
 
-    assert _pools_patches_by_default("beitv2_base_patch16_224")
-    assert _pools_patches_by_default("eva02_small_patch14_224.mim_in22k")
-    assert not _pools_patches_by_default("vit_small_patch16_224")
-    assert not _pools_patches_by_default("vit_base_patch16_siglip_224")  # no [class] token: refused later
+    for name in ("beitv2_base_patch16_224", "eva02_small_patch14_224.mim_in22k", "beit3_base_patch16_224"):
+        kwargs = class_token_backbone_kwargs(name)
+        assert kwargs.get("global_pool") == "token", name
+        small = dict(
+            img_size=32 if "patch16" in name else 28, depth=1, embed_dim=48, num_heads=4, num_classes=0
+        )
+        default = timm.create_model(name.split(".")[0], pretrained=False, **small)
+        backbone = timm.create_model(name.split(".")[0], pretrained=False, **small, **kwargs)
+        assert default.state_dict().keys() == backbone.state_dict().keys(), name
+        backbone.load_state_dict(default.state_dict())
+        assert zoo.verdict(backbone) is None and zoo.verdict(default) is not None
+        x = torch.randn(1, 3, small["img_size"], small["img_size"])
+        with torch.no_grad():
+            tokens = backbone.forward_features(x)
+            torch.testing.assert_close(backbone(x), backbone.fc_norm(tokens[:, 0]))
+    assert class_token_backbone_kwargs("vit_small_patch16_224") == {}
+    assert class_token_backbone_kwargs("vit_base_patch16_siglip_224") == {}  # no [class] token: refused later

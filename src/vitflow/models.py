@@ -82,19 +82,23 @@ def _offline(spec: str, error: Exception, hint: str) -> ModelLoadError:
 @register_loader("timm")
 def _timm(name, checkpoint, headless, texts, img_size=None):
     kwargs = {"num_classes": 0} if headless else {}
-    if headless and _pools_patches_by_default(name):
+    if headless:
         # a backbone's feature is its [class] token after the final norm (method.md section 5);
         # BEiT, EVA and others average the patches by default
-        kwargs["global_pool"] = "token"
+        kwargs.update(class_token_backbone_kwargs(name))
     if img_size is not None:
         kwargs["img_size"] = img_size
     model = load_timm_model(name, checkpoint, **kwargs)
     return LoadedModel(model, Preprocessing.for_timm(model), None if headless else class_names(model), name)
 
 
-def _pools_patches_by_default(name: str) -> bool:
-    """Whether timm's ``name`` has a [class] token but a head that averages patch tokens (built
-    on the meta device: no weights)."""
+def class_token_backbone_kwargs(name: str) -> dict:
+    """timm keyword arguments that make ``name`` a [class]-token backbone with the same weights:
+    ``{}`` for [class]-token models; for models with a [class] token whose default head averages
+    the patch tokens (BEiT, EVA, ...), ``global_pool='token'`` with the final norm kept where the
+    weights put it (after pooling, ``fc_norm``), so pretrained weights load key for key. Built on
+    the meta device (no weights)."""
+    import inspect
     import warnings
 
     import timm
@@ -104,8 +108,16 @@ def _pools_patches_by_default(name: str) -> bool:
             warnings.simplefilter("ignore")
             model = timm.create_model(name.split(".")[0], pretrained=False)
     except Exception:  # noqa: BLE001 - the real build reports the problem
-        return False
-    return getattr(model, "cls_token", None) is not None and getattr(model, "global_pool", "token") == "avg"
+        return {}
+    if getattr(model, "cls_token", None) is None or getattr(model, "global_pool", "token") != "avg":
+        return {}
+    kwargs = {"global_pool": "token"}
+    if isinstance(getattr(model, "fc_norm", None), nn.Module) and not isinstance(model.fc_norm, nn.Identity):
+        params = inspect.signature(type(model).__init__).parameters
+        flag = next((p for p in ("use_fc_norm", "fc_norm") if p in params), None)
+        if flag is not None:
+            kwargs[flag] = True
+    return kwargs
 
 
 @register_loader("transformers")
