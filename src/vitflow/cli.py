@@ -392,20 +392,24 @@ def _models(args: argparse.Namespace) -> int:
     if not args.pattern:
         print(zoo.markdown(), end="")
         return EXIT_OK
-    rows = [
-        ("timm", name, cls, status) for name, cls, status in zoo.timm_verdicts(zoo.timm_names(args.pattern))
-    ]
-    rows += [(family, name, cls, "yes" if reason is None else f"no: {reason}")
-             for family, name, cls, reason in zoo.other_names(args.pattern)]  # fmt: skip
-    if not rows:
+    names = zoo.timm_names(args.pattern)
+    others = list(zoo.other_names(args.pattern))
+    if not names and not others:
         _error(f"no architecture matches {args.pattern!r}; run `vitflow models` for the table")
         return EXIT_USAGE
-    width = max(len(name) for _, name, _, _ in rows)
-    cls_width = max(len(cls) for _, _, cls, _ in rows)
-    for family, name, cls, status in rows:
-        print(f"{family:<12} {name:<{width}}  {cls:<{cls_width}}  {status}")
-    supported = sum(status.startswith("yes") for *_, status in rows)
-    print(f"{supported} of {len(rows)} supported")
+    width = max(len(name) for name in [*names, *(o[1] for o in others)])
+    counts = {"yes": 0, "all": 0}
+
+    def show(family: str, name: str, cls: str, status: str) -> None:
+        counts["all"] += 1
+        counts["yes"] += status.startswith("yes")
+        print(f"{family:<12} {name:<{width}}  {cls:<26} {status}", flush=True)
+
+    for name, cls, status in zoo.timm_verdicts(names):  # printed as they are built
+        show("timm", name, cls, status)
+    for family, name, cls, reason in others:
+        show(family, name, cls, "yes" if reason is None else f"no: {reason}")
+    print(f"{counts['yes']} of {counts['all']} supported")
     return EXIT_OK
 
 

@@ -294,6 +294,9 @@ def verdict(model: nn.Module) -> str | None:
         adapter.sites()
     except (TypeError, ValueError, NotImplementedError) as error:
         return str(error).splitlines()[0]
+    except Exception as error:  # noqa: BLE001 - an architecture the adapters misread is a "no", not a crash
+        first = str(error).splitlines()[0] if str(error) else ""
+        return f"vitflow cannot read its attention ({type(error).__name__}: {first}); write a custom adapter"
     return None
 
 

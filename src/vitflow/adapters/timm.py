@@ -276,12 +276,17 @@ class TimmAdapter(Adapter):
                 )
                 for b in class_blocks
             ]
-        return [
-            (TimmRecomputeSite if _needs_recompute(block.attn) else TimmAttentionSite)(
-                block.attn, i, self._name
-            )
-            for i, block in enumerate(self.model.blocks)
-        ]
+        sites = []
+        for i, block in enumerate(self.model.blocks):
+            attn = getattr(block, "attn", None)
+            if not isinstance(attn, nn.Module):
+                raise NotImplementedError(
+                    f"{self._name}: block {i} ({type(block).__name__}) has no 'attn' module; vitflow's timm "
+                    "adapter reads ViT-style blocks. Write a custom adapter (README, 'Custom ViTs')"
+                )
+            site = TimmRecomputeSite if _needs_recompute(attn) else TimmAttentionSite
+            sites.append(site(attn, i, self._name))
+        return sites
 
     def full_attention(self) -> bool:
         return self.class_attention_blocks() is None
