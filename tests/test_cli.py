@@ -69,6 +69,7 @@ def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
             "block_10.png",
             "block_11.png",
             "block_12.png",
+            "final.png",
             "flow.gif",
             "input.png",
             "manifest.json",
@@ -84,12 +85,15 @@ def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
         maxima = [block["map"]["max"] for block in manifest["blocks"]]
         assert maxima == sorted(maxima) and maxima[-1] > 0  # accumulated maps only grow
         gif = Image.open(folder / "flow.gif")
-        assert gif.n_frames == 12 and gif.size == (224, 224)
+        # drawn on the original photo (240 x 320, 200 x 200) enlarged to a 512 px long side
+        shown = {"wide": (512, 384), "square": (512, 512)}[stem]
+        assert gif.n_frames == 12 and gif.size == shown
+        assert Image.open(folder / "input.png").size == (224, 224)  # the crop the model saw
         first, last = np.asarray(gif.convert("RGB")), None
         gif.seek(11)
         last = np.asarray(gif.convert("RGB"))
         assert np.abs(first.astype(int) - last.astype(int)).mean() > 1  # the flow changes
-        assert Image.open(folder / "block_12.png").size == (224, 224)
+        assert Image.open(folder / "block_12.png").size == shown
     # the manifest agrees with the library on the same preprocessed input
     from vitflow import DAAM
     from vitflow.data import Preprocessing, load_image

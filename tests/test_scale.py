@@ -39,7 +39,7 @@ def test_workers_and_writer_threads_do_not_change_a_single_byte(scenes, tmp_path
     assert serial.failures == pooled.failures and "aaa_broken.png" in serial.failures[0]
     assert [m["image"] for m in serial.manifests] == [m["image"] for m in pooled.manifests]  # input order
     first, second = _outputs(tmp_path / "serial"), _outputs(tmp_path / "pooled")
-    assert len(first) == 7 * 9 and first == second
+    assert len(first) == 7 * 10 and first == second
     assert pooled.timings["model"] > 0 and set(pooled.timings) == {"read", "model", "write"}
 
 
@@ -90,20 +90,21 @@ def test_explain_resumes_by_chunk_and_redoes_what_changed(scenes, tmp_path):
 
     counted = replace(preprocessing, transform=counting)
     first = explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2)
-    assert first.explained == 6 and len(calls) == 6
+    # one call per image, and one probe per image size that finds where the crop lies in the photo
+    assert first.explained == 6 and len(calls) == 6 + 1
     calls.clear()
     again = explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2)
     assert again.summary() == "explained 6 of 6 images; 6 done by an earlier run" and calls == []
     (inputs / "3.png").write_bytes((inputs / "0.png").read_bytes())  # an edited file: its chunk is redone
     edited = explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2)
-    assert len(calls) == 2 and edited.resumed == 4
+    assert len(calls) == 2 + 1 and edited.resumed == 4
     manifest = json.loads((tmp_path / "out" / "inputs" / "3" / "manifest.json").read_text())
     reference = json.loads((tmp_path / "out" / "inputs" / "0" / "manifest.json").read_text())
     final, expected = manifest["blocks"][-1]["map"], reference["blocks"][-1]["map"]  # the new content
     assert final["argmax"] == expected["argmax"] and final["sum"] == pytest.approx(expected["sum"], rel=1e-5)
     calls.clear()
     explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2, rho="identity")
-    assert len(calls) == 6  # other settings: everything again
+    assert len(calls) == 6 + 1  # other settings: everything again
 
 
 def test_evaluate_refuses_to_mix_runs_with_other_settings(tmp_path, capsys):

@@ -64,7 +64,7 @@ def run(tmp_path_factory):
     Image.fromarray(IMAGE[::-1].copy()).save(root / "two.png")
     args = ["explain", str(root / "one.png"), str(root / "two.png"), "--model", "test_vit",
             "--checkpoint", str(root / "w.safetensors"), "--out", str(root / "out"), "--mp4", "--figure",
-            "--html", "--figure-blocks", "1,3,6"]  # fmt: skip
+            "--html", "--figure-blocks", "1,3,6", "--display-size", "160"]  # fmt: skip
     return root, args
 
 

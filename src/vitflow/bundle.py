@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from vitflow.files import write_bytes_atomic, write_json_atomic
-from vitflow.render import encode_gif, label_frame, overlay, to_uint8, viewer_html
+from vitflow.render import encode_gif, label_frame, viewer_html
 from vitflow.render.figure import flow_figure, save_figure
+from vitflow.render.placement import Box, Display
 from vitflow.render.video import write_mp4
 from vitflow.result import DAAMResult
 from vitflow.version import __version__
@@ -37,6 +38,10 @@ class RenderOptions:
     figure: bool = False
     figure_blocks: tuple[int, ...] | None = None
     html: bool = False
+    #: draw on the "original" photo (the crop's box placed in it, the rest dimmed) or on the "crop"
+    on: str = "original"
+    #: long side of the pictures in pixels (default: the original's, kept between 512 and 1024)
+    display_size: int | None = None
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -114,47 +119,62 @@ def write_bundle(
     metadata: dict,
     names: list[str] | None = None,
     options: RenderOptions = RenderOptions(),
+    original: Image.Image | np.ndarray | None = None,
+    box: Box | None = None,
 ) -> dict:
     """Write one image's explanation into ``out_dir``; returns the manifest.
 
     Args:
         out_dir: folder for this image (created).
-        image: ``(H, W, 3)`` uint8, the input exactly as the model saw it.
+        image: ``(H, W, 3)`` uint8, the input exactly as the model saw it (``input.png``).
         result: that image's result, ``result[i]`` of a batch.
         metadata: extra manifest fields (model, source image, preprocessing, ...).
+        original: the photo the input was made from; with ``box`` (where the model's crop lies
+            in it, :func:`~vitflow.render.placement.crop_box`) and ``options.on == "original"``,
+            overlays, GIF, MP4, figure and viewer are drawn on it. Otherwise on the crop.
     """
     out_dir = Path(out_dir)
-    heat = to_uint8(result.maps[0], size=image.shape[:2], mode=options.mode)
+    on_original = options.on == "original" and original is not None and box is not None
+    if on_original:
+        display = Display.of_original(original, box, options.display_size)
+    else:
+        display = Display.of_crop(image, options.display_size)
+    heat = display.heat(result.maps[0], mode=options.mode)
     width = max(2, math.ceil(math.log10(result.num_blocks + 1)))
     manifest = {"vitflow_version": __version__, **metadata, **describe(result, names)}
     label = manifest["target"].get("name", "")
-    frames, files = [], {"input": "input.png", "blocks": [], "gif": "flow.gif"}
+    frames, files = [], {"input": "input.png", "blocks": [], "gif": "flow.gif", "final": "final.png"}
     write_bytes_atomic(out_dir / "input.png", _png(image))
     for b in range(result.num_blocks):
-        frame = overlay(
-            image, heat[b], alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap
+        frame = display.overlay(
+            heat[b], alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap
         )
         name = f"block_{b + 1:0{width}d}.png"
         write_bytes_atomic(out_dir / name, _png(frame))
         files["blocks"].append(name)
         manifest["blocks"][b]["file"] = name
-        frames.append(label_frame(frame, f"block {b + 1}/{result.num_blocks}  {label}"[:60]))
+        frames.append(label_frame(frame, f"block {b + 1}/{result.num_blocks}  {label}"))
+    write_bytes_atomic(out_dir / "final.png", _png(np.asarray(frames[-1].convert("RGB"))))
     write_bytes_atomic(out_dir / "flow.gif", encode_gif(frames, options.gif_duration_ms, options.gif_loop))
     if options.mp4:
         write_mp4(frames, out_dir / "flow.mp4", fps=1000.0 / options.gif_duration_ms)
         files["mp4"] = "flow.mp4"
     if options.figure:
         title = f"{metadata.get('model', '')}: {label}"
-        fig = flow_figure(image, result.maps[0], result.block_maps[0], blocks=options.figure_blocks,
+        fig = flow_figure(display, result.maps[0], result.block_maps[0], blocks=options.figure_blocks,
                           cmap=options.cmap, title=title)  # fmt: skip
         files["figure"] = [p.name for p in save_figure(fig, out_dir / "figure")]
     if options.html:
-        page = viewer_html(image, result.maps[0], result.block_maps[0], title=f"{out_dir.name}: {label}",
+        page = viewer_html(display, result.maps[0], result.block_maps[0], title=f"{out_dir.name}: {label}",
                            target=label, top5=manifest["top5"], mode=options.mode)  # fmt: skip
         write_bytes_atomic(out_dir / "viewer.html", page.encode())
         files["html"] = "viewer.html"
     manifest["files"] = files
     manifest["render"] = {
+        "on": "original" if on_original else "crop",
+        "display_size": list(display.size),
+        # where the model's input lies in the picture (pixels; may reach outside it)
+        "crop_box": {k: round(v, 2) for k, v in asdict(display.box).items()},
         "mode": options.mode,
         "alpha": options.alpha,
         "image_weight": options.image_weight,

@@ -102,6 +102,16 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
         help="also write figure.png/.pdf/.svg: input, accumulated and per-block maps",
     )
     parser.add_argument(
+        "--on", choices=("original", "crop"), default="original",
+        help="draw the maps on the original image at its own proportions (default: the model's crop "
+        "placed where it came from, the rest dimmed) or on the crop the model saw",
+    )  # fmt: skip
+    parser.add_argument(
+        "--display-size", type=_positive_int, metavar="PX",
+        help="long side of overlays, GIF/MP4 frames, figures and the viewer (default: the image's own, "
+        "kept between 512 and 1024)",
+    )  # fmt: skip
+    parser.add_argument(
         "--figure-blocks",
         metavar="B,B,...",
         help="blocks to show in the figure, 1-based, e.g. 1,4,8,12 (default all)",
@@ -520,7 +530,7 @@ def _explain_files(args: argparse.Namespace, images: Sequence[str]) -> int:
         options = RenderOptions(
             mode=args.mode, alpha=args.alpha, image_weight=args.image_weight, cmap=args.cmap,
             gif_duration_ms=args.gif_duration, gif_loop=args.gif_loop, mp4=args.mp4, figure=args.figure,
-            figure_blocks=figure_blocks, html=args.html,
+            figure_blocks=figure_blocks, html=args.html, on=args.on, display_size=args.display_size,
         )  # fmt: skip
         metadata = {
             "model": loaded.label,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from torch import nn
 
 from vitflow.adapters import Adapter
 from vitflow.bundle import RenderOptions, write_bundle
-from vitflow.data.images import MAX_PIXELS, collect_images
+from vitflow.data.images import MAX_PIXELS, collect_images, read_image
 from vitflow.data.loader import ImageFiles, batches, default_writers
 from vitflow.data.preprocess import Preprocessing
 from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
@@ -287,8 +288,13 @@ def explain_files(
                     continue
                 fields_k = {**fields, "image": str(path), "input_notes": batch.notes[k]}
 
-                def write(folder=folder, pixels=batch.x[k], one=result[k], fields_k=fields_k):
-                    return write_bundle(folder, preprocessing.to_image(pixels), one, fields_k, names, options)
+                def write(folder=folder, pixels=batch.x[k], one=result[k], fields_k=fields_k, path=path):
+                    original = box = None
+                    if options.on == "original":  # read again here, in a writer thread
+                        original = read_image(path).image
+                        box = placements.box(original.height, original.width)
+                    crop = preprocessing.to_image(pixels)
+                    return write_bundle(folder, crop, one, fields_k, names, options, original, box)
 
                 def handle(outcome, path=path, folder=folder, entry=entry) -> None:
                     bar.update(1)
@@ -324,6 +330,7 @@ def explain_files(
 
     describe = describer(plan, "images", lambda i: str(jobs[i][0]))
     pool = _Writers(default_writers() if writers is None else writers, bound=2 * batch_size)
+    placements = _Placements(preprocessing)
     try:
         with DAAM(model, rho=rho, normalize_blocks=normalize_blocks, adapter=adapter) as daam:
             loader = iter(loader)
@@ -373,6 +380,23 @@ def _merge(
     report.failures = merged["failures"]
     return report
 
+class _Placements:
+    """Where the model's crop lies in an original of each size (probed once per size, shared by
+    the writer threads)."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self.preprocessing, self._boxes, self._lock = preprocessing, {}, threading.Lock()
+
+    def box(self, height: int, width: int):
+        from vitflow.render.placement import crop_box
+
+        with self._lock:
+            if (height, width) not in self._boxes:
+                pre = self.preprocessing
+                self._boxes[(height, width)] = crop_box(pre, pre.mean, pre.std, (height, width))
+            return self._boxes[(height, width)]
+
+
 def daam_rho(target: object) -> str:
     """The coefficient transform DAAM uses by default for ``target`` (its ``rho``, else ReLU)."""
     return getattr(target, "rho", "relu")
@@ -385,7 +409,7 @@ def _write_index(out: Path, explained: list[dict], label: str) -> None:
         {
             "name": entry["folder"],
             "viewer": f"{entry['folder']}/viewer.html",
-            "thumbnail": f"{entry['folder']}/input.png",
+            "thumbnail": f"{entry['folder']}/final.png",  # the final map, not only the input
             "target": entry.get("target", ""),
         }
         for entry in explained

@@ -10,10 +10,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 def label_frame(frame: np.ndarray, text: str) -> Image.Image:
-    """Write ``text`` in the top-left corner of an ``(H, W, 3)`` uint8 frame, on a dark box."""
+    """Write ``text`` in the top-left corner of an ``(H, W, 3)`` uint8 frame, on a dark box. The
+    font follows the frame's size; text that would not fit the width is shortened with an
+    ellipsis rather than cut off."""
     image = Image.fromarray(frame)
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(10, image.height // 16))
+    font = ImageFont.load_default(size=max(10, min(image.height, image.width) // 22))
+    room = image.width - 8
+    if draw.textlength(text, font=font) > room:
+        while text and draw.textlength(text + "…", font=font) > room:
+            text = text[:-1]
+        text = text + "…"
     left, top, right, bottom = draw.textbbox((4, 2), text, font=font)
     draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
     draw.text((4, 2), text, fill=(255, 255, 255), font=font)

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from vitflow.files import write_bytes_atomic
-from vitflow.render.normalize import scale_to_uint8, to_uint8
-from vitflow.render.overlay import image_to_uint8, overlay
+from vitflow.render.placement import as_display
 
 
 def _pick_blocks(num_blocks: int, blocks: Sequence[int] | None) -> list[int]:
@@ -42,7 +41,8 @@ def flow_figure(
     """A matplotlib figure of one image's attention flow.
 
     Args:
-        image: the input as the model saw it (``(H, W, 3)`` uint8, float in [0, 1], or PIL).
+        image: the input as the model saw it (``(H, W, 3)`` uint8, float in [0, 1], or PIL), or a
+            :class:`~vitflow.render.placement.Display` (the original photo with the crop's box).
         maps: ``(L, h, w)`` accumulated maps.
         block_maps: ``(L, h, w)`` per-block maps for a second row (scaled by their common maximum),
             or ``None``.
@@ -54,13 +54,13 @@ def flow_figure(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    rgb = image_to_uint8(image)
-    size = rgb.shape[:2]
+    display = as_display(image)
+    rgb = display.image
     chosen = _pick_blocks(len(maps), blocks)
-    heat = to_uint8(maps, size=size, mode=mode)
+    heat = display.heat(maps, mode=mode)
     rows_of_maps = [("accumulated", heat)]
     if block_maps is not None:
-        rows_of_maps.append(("per block", scale_to_uint8(block_maps, size=size)))
+        rows_of_maps.append(("per block", display.block_heat(block_maps)))
 
     panels_per_row = len(chosen) + 1
     columns = min(panels_per_row, max_columns)
@@ -74,7 +74,7 @@ def flow_figure(
         panels = [("input" if r == 0 else "", rgb)] + [
             (
                 f"{label}, block {b}" if i == 0 else f"block {b}",
-                overlay(rgb, frames[b - 1], alpha, image_weight, cmap),
+                display.overlay(frames[b - 1], alpha, image_weight, cmap),
             )
             for i, b in enumerate(chosen)
         ]

@@ -17,8 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vitflow.render.colormap import colormap_lut
-from vitflow.render.normalize import scale_to_uint8, to_uint8
-from vitflow.render.overlay import image_to_uint8
+from vitflow.render.placement import DIM, as_display
 
 VIEWER_COLORMAPS = ("jet", "inferno", "viridis", "gray")
 
@@ -89,7 +88,7 @@ const controls = {
   cmap: document.getElementById("cmap"), label: document.getElementById("label"),
 };
 const W = __W__, H = __H__, L = __L__;
-let imagePixels = null, heats = {accumulated: [], block: []}, timer = null;
+let imagePixels = null, inside = null, heats = {accumulated: [], block: []}, timer = null;
 
 function pixelsOf(uri) {
   return new Promise((resolve, reject) => {
@@ -112,7 +111,11 @@ function draw() {
   const out = ctx.createImageData(W, H);
   for (let i = 0; i < W * H * 4; i += 4) {
     const colour = lut[heat[i]];
-    for (let c = 0; c < 3; c++) out.data[i + c] = a * colour[c] + (1 - a) * imagePixels[i + c];
+    if (inside[i] > 127) {
+      for (let c = 0; c < 3; c++) out.data[i + c] = a * colour[c] + (1 - a) * imagePixels[i + c];
+    } else {  // outside the model's crop: the photo, dimmed
+      for (let c = 0; c < 3; c++) out.data[i + c] = DATA.dim * imagePixels[i + c];
+    }
     out.data[i + 3] = 255;
   }
   ctx.putImageData(out, 0, 0);
@@ -149,6 +152,7 @@ function togglePlay() {
 
 async function start() {
   imagePixels = await pixelsOf(DATA.image);
+  inside = await pixelsOf(DATA.inside);
   heats.accumulated = await Promise.all(DATA.accumulated.map(pixelsOf));
   heats.block = await Promise.all(DATA.per_block.map(pixelsOf));
   for (const el of [controls.block, controls.perblock, controls.opacity, controls.cmap]) {
@@ -181,16 +185,19 @@ def viewer_html(
     """The viewer page for one image.
 
     Args:
-        image: the input as the model saw it (``(H, W, 3)`` uint8, float in [0, 1], or PIL).
+        image: the input as the model saw it (``(H, W, 3)`` uint8, float in [0, 1], or PIL), or a
+            :class:`~vitflow.render.placement.Display` (the original photo with the crop's box;
+            outside it the photo is shown dimmed).
         maps: ``(L, h, w)`` accumulated maps; shown with display normalisation ``mode``.
         block_maps: ``(L, h, w)`` per-block maps; shown on their common scale.
         title: page title; ``target``: the explained class, shown under the image.
         top5: ``[{"name": ..., "probability": ...}, ...]`` (as in ``manifest.json``).
     """
-    rgb = image_to_uint8(image)
+    display = as_display(image)
+    rgb = display.image
     size = rgb.shape[:2]
-    accumulated = to_uint8(maps, size=size, mode=mode)
-    per_block = scale_to_uint8(block_maps, size=size)
+    accumulated = display.heat(maps, mode=mode)
+    per_block = display.block_heat(block_maps)
     raw_maps = np.asarray(maps.detach().cpu() if hasattr(maps, "detach") else maps, dtype=np.float64)
     raw_blocks = np.asarray(
         block_maps.detach().cpu() if hasattr(block_maps, "detach") else block_maps, np.float64
@@ -198,6 +205,8 @@ def viewer_html(
     luts = _luts()
     data = {
         "image": _png_data_uri(rgb),
+        "inside": _png_data_uri((display.inside() * 255).astype(np.uint8)),
+        "dim": DIM,
         "accumulated": [_png_data_uri(h) for h in accumulated],
         "per_block": [_png_data_uri(h) for h in per_block],
         "luts": luts,
@@ -216,7 +225,7 @@ def viewer_html(
     page = _TEMPLATE
     for key, value in {
         "__TITLE__": html.escape(title),
-        "__CSS_W__": str(max(size[1], 384)),
+        "__CSS_W__": str(min(max(size[1], 384), 900)),
         "__W__": str(size[1]),
         "__H__": str(size[0]),
         "__L__": str(len(accumulated)),
@@ -232,7 +241,7 @@ def index_html(entries: list[dict], title: str = "vitflow run") -> str:
     """An index page linking per-image viewers: ``entries`` of ``{"name", "viewer", "thumbnail",
     "target"}`` with paths relative to the index file."""
     items = "".join(
-        f'<li><a href="{html.escape(e["viewer"])}"><img src="{html.escape(e["thumbnail"])}" width="112" '
+        f'<li><a href="{html.escape(e["viewer"])}"><img src="{html.escape(e["thumbnail"])}" width="160" '
         f'alt=""><br>{html.escape(e["name"])}</a><br><small>{html.escape(e["target"])}</small></li>'
         for e in entries
     )

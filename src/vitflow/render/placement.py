@@ -1,0 +1,207 @@
+"""Where the model's input came from in the original image, and the picture maps are drawn on.
+
+A model sees a crop of the photo (resized, centre-cropped, sometimes squashed); maps live on
+that crop's patch grid. To draw them on the photo at its own size, :func:`crop_box` finds the
+crop's rectangle in the original by *probing the model's own transform*: it transforms an image
+whose red channel is a ramp across x and green a ramp down y, and fits the affine map from output
+pixels to input pixels. That works for every family's preprocessing (timm, Hugging Face
+processors, torchvision, open_clip, your own) without knowing how it is written; a transform
+that is not a resize-and-crop (a pad, a rotation) fails the fit and the picture falls back to
+the crop.
+
+:class:`Display` is the picture: the original scaled to the display size, and the box in its
+pixels. Maps are resized into the box; outside it the photo is shown dimmed, since the model did
+not see it. The crop view is the same with the box covering the whole picture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitflow.render.colormap import apply_colormap
+from vitflow.render.normalize import to_uint8
+from vitflow.render.overlay import image_to_uint8
+
+#: default display size: the long side of the picture, unless the original is between these
+DISPLAY_MIN, DISPLAY_MAX = 512, 1024
+DIM = 0.45  # brightness outside the model's crop
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle in pixel coordinates (continuous: pixel ``i`` spans ``[i, i + 1)``); it may
+    reach outside the image it refers to."""
+
+    top: float
+    left: float
+    height: float
+    width: float
+
+    def scaled(self, factor_y: float, factor_x: float) -> Box:
+        return Box(self.top * factor_y, self.left * factor_x, self.height * factor_y, self.width * factor_x)
+
+
+def _fit(values: np.ndarray) -> tuple[float, float, float]:
+    """``values[c]`` (output pixel ``c``) is the ramp's input coordinate at the centre of what
+    it samples: ``start + scale * (c + 0.5) - 0.5``. The first and last pixels are left out
+    (interpolation clamps at the border). Returns ``(start, scale, worst residual)``."""
+    c = np.arange(len(values), dtype=np.float64)
+    keep = slice(1, -1) if len(values) > 4 else slice(None)
+    slope, intercept = np.polyfit(c[keep], values[keep], 1)
+    residual = float(np.abs(values[keep] - (slope * c[keep] + intercept)).max())
+    return intercept + 0.5 - 0.5 * slope, slope, residual
+
+
+def crop_box(
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    size: tuple[int, int],
+) -> Box | None:
+    """The rectangle of an original of ``size = (H, W)`` that ``preprocess`` turns into the
+    model's input, or ``None`` when the transform is not a resize-and-crop (the fit is off by
+    more than two ramp steps)."""
+    height, width = size
+    probe = np.zeros((height, width, 3), dtype=np.uint8)
+    probe[..., 0] = np.round(np.arange(width) * 255.0 / max(width - 1, 1))[None, :]
+    probe[..., 1] = np.round(np.arange(height) * 255.0 / max(height - 1, 1))[:, None]
+    out = preprocess(Image.fromarray(probe))
+    if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[0] < 2:
+        return None
+    scale = torch.tensor(std[:2], dtype=torch.float64)[:, None, None]
+    shift = torch.tensor(mean[:2], dtype=torch.float64)[:, None, None]
+    pixels = out[:2].double() * scale + shift  # back to [0, 1]
+    left, scale_x, error_x = _fit(pixels[0].mean(dim=0).numpy() * (width - 1))
+    top, scale_y, error_y = _fit(pixels[1].mean(dim=1).numpy() * (height - 1))
+    if error_x > 2 * width / 255 + 1 or error_y > 2 * height / 255 + 1 or scale_x <= 0 or scale_y <= 0:
+        return None
+    return Box(float(top), float(left), float(scale_y * out.shape[1]), float(scale_x * out.shape[2]))
+
+
+def display_size(original: tuple[int, int], requested: int | None = None) -> tuple[int, int]:
+    """``(H, W)`` of the picture: the long side ``requested``, else the original's long side kept
+    between :data:`DISPLAY_MIN` and :data:`DISPLAY_MAX` (small images are enlarged so labels and
+    maps stay readable; large ones reduced)."""
+    height, width = original
+    longest = max(height, width)
+    target = requested if requested is not None else min(max(longest, DISPLAY_MIN), DISPLAY_MAX)
+    factor = target / longest
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+@dataclass(frozen=True)
+class Display:
+    """The picture maps are drawn on: ``image`` ``(H, W, 3)`` uint8 and the model's crop in its
+    pixels (``box``)."""
+
+    image: np.ndarray
+    box: Box
+
+    @classmethod
+    def of_crop(cls, crop: np.ndarray, size: int | None = None) -> Display:
+        """The model's input itself (``--on crop``), scaled to the display size."""
+        crop = image_to_uint8(crop)
+        shape = display_size(crop.shape[:2], size)
+        if shape != crop.shape[:2]:
+            crop = np.asarray(Image.fromarray(crop).resize(shape[::-1], Image.Resampling.BICUBIC))
+        return cls(crop, Box(0, 0, shape[0], shape[1]))
+
+    @classmethod
+    def of_original(cls, original, box: Box, size: int | None = None) -> Display:
+        """The original photo at the display size, with the crop's box (original pixels) scaled."""
+        rgb = image_to_uint8(original)
+        shape = display_size(rgb.shape[:2], size)
+        if shape != rgb.shape[:2]:
+            rgb = np.asarray(Image.fromarray(rgb).resize(shape[::-1], Image.Resampling.BICUBIC))
+        height, width = original_size(original)
+        return cls(rgb, box.scaled(shape[0] / height, shape[1] / width))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[0], self.image.shape[1]
+
+    def _box_pixels(self) -> tuple[int, int, int, int]:
+        """The box rounded to pixels: top, left, bottom, right (may exceed the picture)."""
+        b = self.box
+        top, left = round(b.top), round(b.left)
+        return top, left, top + max(1, round(b.height)), left + max(1, round(b.width))
+
+    def inside(self) -> np.ndarray:
+        """``(H, W)`` bool: the pixels the model saw."""
+        top, left, bottom, right = self._box_pixels()
+        mask = np.zeros(self.size, dtype=bool)
+        mask[max(top, 0) : max(bottom, 0), max(left, 0) : max(right, 0)] = True
+        return mask
+
+    def place(self, heat: np.ndarray) -> np.ndarray:
+        """``(..., h, w)`` uint8 heatmaps on the crop -> ``(..., H, W)`` on the picture (bilinear into
+        the box, 0 outside it)."""
+        heat = np.asarray(heat)
+        lead = heat.shape[:-2]
+        flat = heat.reshape(-1, *heat.shape[-2:])
+        top, left, bottom, right = self._box_pixels()
+        height, width = self.size
+        out = np.zeros((flat.shape[0], height, width), dtype=np.uint8)
+        rows = slice(max(top, 0), min(bottom, height))
+        cols = slice(max(left, 0), min(right, width))
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            return out.reshape(*lead, height, width)
+        for i, one in enumerate(flat):
+            big = np.asarray(
+                Image.fromarray(one).resize((right - left, bottom - top), Image.Resampling.BILINEAR)
+            )
+            out[i, rows, cols] = big[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+        return out.reshape(*lead, height, width)
+
+    def box_size(self) -> tuple[int, int]:
+        top, left, bottom, right = self._box_pixels()
+        return bottom - top, right - left
+
+    def block_heat(self, block_maps: torch.Tensor | np.ndarray) -> np.ndarray:
+        """``(L, h, w)`` per-block maps on their common scale -> ``(L, H, W)`` uint8 on the picture."""
+        from vitflow.render.normalize import scale_to_uint8
+
+        return self.place(scale_to_uint8(block_maps, size=self.box_size()))
+
+    def heat(self, maps: torch.Tensor | np.ndarray, mode: str = "sigmoid") -> np.ndarray:
+        """``(L, h, w)`` accumulated maps -> ``(L, H, W)`` uint8 heatmaps on the picture, with display
+        normalisation ``mode`` (method.md section 6) computed on the maps themselves."""
+        top, left, bottom, right = self._box_pixels()
+        return self.place(to_uint8(maps, size=(bottom - top, right - left), mode=mode))
+
+    def overlay(
+        self,
+        heat: np.ndarray,
+        alpha: float = 0.4,
+        image_weight: float = 0.8,
+        cmap: str = "jet",
+        dim: float = DIM,
+    ) -> np.ndarray:
+        """``alpha * cmap(heat) + image_weight * image`` where the model looked; the photo dimmed to
+        ``dim`` elsewhere. ``heat``: ``(H, W)`` uint8 from :meth:`heat`."""
+        base = self.image.astype(np.float32)
+        coloured = apply_colormap(np.asarray(heat), cmap).astype(np.float32)
+        mixed = np.clip(alpha * coloured + image_weight * base, 0, 255)
+        inside = self.inside()[..., None]
+        return np.where(inside, mixed, base * dim).round().astype(np.uint8)
+
+
+def original_size(image) -> tuple[int, int]:
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    array = np.asarray(image)
+    return array.shape[0], array.shape[1]
+
+
+def as_display(image) -> Display:
+    """A :class:`Display` as given, or the picture the maps cover entirely (an image the model saw,
+    drawn at its own size: what every renderer did before placement existed)."""
+    if isinstance(image, Display):
+        return image
+    rgb = image_to_uint8(image)
+    return Display(rgb, Box(0.0, 0.0, float(rgb.shape[0]), float(rgb.shape[1])))

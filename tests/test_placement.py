@@ -1,0 +1,122 @@
+"""Pictures on the original image: where the model's crop lies in the photo (probed from each
+family's own transform), and a map's peak on a known object landing on that object."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from vitflow.data.preprocess import Preprocessing
+from vitflow.render.placement import DIM, Box, Display, crop_box, display_size
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _pre(*steps, mean=MEAN, std=STD):
+    return Preprocessing(T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)]), mean, std, {})
+
+
+def _centre(size, scale, crop):
+    """The analytic box of Resize(shorter side = scale) + CenterCrop(crop) on ``size``."""
+    height, width = size
+    side = crop * min(height, width) / scale
+    return Box((height - side) / 2, (width - side) / 2, side, side)
+
+
+@pytest.mark.parametrize("size", [(300, 420), (480, 200), (224, 224), (1200, 1600)])
+@pytest.mark.parametrize("scale, crop", [(256, 224), (248, 224), (224, 224)])
+def test_crop_box_of_resize_and_centre_crop(size, scale, crop):
+    pre = _pre(T.Resize(scale), T.CenterCrop(crop))
+    box = crop_box(pre, pre.mean, pre.std, size)
+    expected = _centre(size, scale, crop)
+    tolerance = max(1.0, 0.003 * max(size))  # the ramp has 256 levels: within 0.3% of the photo
+    for field in ("top", "left", "height", "width"):
+        assert getattr(box, field) == pytest.approx(getattr(expected, field), abs=tolerance), field
+
+
+def test_crop_box_of_a_squashing_resize_and_of_a_timm_transform():
+    squash = _pre(T.Resize((224, 224)))  # Hugging Face ViT processors, Chefer's protocol
+    box = crop_box(squash, MEAN, STD, (300, 500))
+    assert box.top == pytest.approx(0, abs=1) and box.left == pytest.approx(0, abs=1)
+    assert box.height == pytest.approx(300, abs=1.5) and box.width == pytest.approx(500, abs=2)
+    import timm
+
+    pre = Preprocessing.for_timm(timm.create_model("vit_tiny_patch16_224", pretrained=False))
+    assert pre.config["crop_pct"] == 0.9
+    box = crop_box(pre, pre.mean, pre.std, (300, 400))
+    expected = _centre((300, 400), int(224 / 0.9), 224)
+    assert box.left == pytest.approx(expected.left, abs=1) and box.width == pytest.approx(
+        expected.width, abs=1
+    )
+
+
+def test_a_transform_that_is_not_resize_and_crop_gives_no_box():
+    rotate = _pre(T.Resize((224, 224)), T.RandomRotation((30, 30)))
+    assert crop_box(rotate, MEAN, STD, (300, 400)) is None
+
+
+def test_display_size_rules():
+    assert display_size((224, 224)) == (512, 512)  # small images enlarged to stay readable
+    assert display_size((3000, 4000)) == (768, 1024)  # large ones reduced
+    assert display_size((600, 800)) == (600, 800)  # in between: as they are
+    assert display_size((3000, 4000), 400) == (300, 400)
+
+
+def test_a_peak_on_a_known_object_lands_on_it_in_the_original():
+    """A red square at a known place in a 300 x 420 photo; the model sees a 224 px centre crop
+    (shorter side resized to 256) on a 14 x 14 grid. A map whose peak is the grid cell where the
+    square appears in the crop, drawn on the original, peaks on the square in the original."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(60, 120, (300, 420, 3), dtype=np.uint8)
+    top, left, side = 170, 250, 30
+    photo[top : top + side, left : left + side] = (255, 0, 0)
+    pre = _pre(T.Resize(256), T.CenterCrop(224))
+    crop = pre.to_image(pre(Image.fromarray(photo)))
+    red = (crop[..., 0] > 200) & (crop[..., 1] < 60)
+    rows, cols = np.nonzero(red)
+    cell = (int(rows.mean()) // 16, int(cols.mean()) // 16)  # where the model sees the square
+    maps = torch.zeros(1, 14, 14)
+    maps[0, cell[0], cell[1]] = 1.0
+    box = crop_box(pre, pre.mean, pre.std, photo.shape[:2])
+    display = Display.of_original(photo, box)
+    heat = display.heat(maps, mode="minmax")[0]
+    peak = np.unravel_index(np.argmax(heat), heat.shape)
+    factor = photo.shape[0] / display.size[0]
+    y, x = peak[0] * factor, peak[1] * factor
+    assert top - 8 <= y <= top + side + 8 and left - 8 <= x <= left + side + 8, (y, x)
+    # outside the crop the photo is dimmed, inside it is the overlay
+    picture = display.overlay(display.heat(maps)[0])
+    outside = ~display.inside()
+    assert outside.any() and display.inside().any()
+    np.testing.assert_allclose(picture[outside], np.round(display.image[outside] * DIM), atol=1)
+
+
+def test_explain_draws_on_the_original_or_the_crop(tmp_path):
+    """The command line: by default the pictures are the photo at display size with the crop's
+    box recorded; ``--on crop`` shows the crop; the index shows each image's final map."""
+    from vitflow.cli import main
+    from vitflow.data.scenes import generate_scene
+
+    scene = generate_scene(3, 1).image
+    wide = np.concatenate([scene, scene[:, :112]], axis=1)  # 224 x 336: the demo's crop is the centre
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    assert (
+        main(["explain", str(tmp_path / "wide.png"), "--out", str(tmp_path / "a"), "--html", "--quiet"]) == 0
+    )
+    manifest = json.loads((tmp_path / "a" / "wide" / "manifest.json").read_text())
+    assert manifest["render"]["on"] == "original" and manifest["render"]["display_size"] == [341, 512]
+    box = manifest["render"]["crop_box"]  # the centre 224 x 224 of 336, scaled by 512 / 336
+    assert box["left"] == pytest.approx(56 * 512 / 336, abs=2) and box["width"] == pytest.approx(341, abs=2)
+    assert Image.open(tmp_path / "a" / "wide" / "flow.gif").size == (512, 341)
+    assert "wide/final.png" in (tmp_path / "a" / "index.html").read_text()
+    final = np.asarray(Image.open(tmp_path / "a" / "wide" / "final.png").convert("RGB"))
+    assert final.shape == (341, 512, 3)
+    assert main(["explain", str(tmp_path / "wide.png"), "--out", str(tmp_path / "b"), "--on", "crop",
+                 "--display-size", "200", "--quiet"]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "b" / "wide" / "manifest.json").read_text())
+    assert manifest["render"]["on"] == "crop" and manifest["render"]["display_size"] == [200, 200]
