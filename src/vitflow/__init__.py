@@ -6,11 +6,13 @@ Decision-Making in Vision Transformer", Pattern Recognition 165 (2025) 111607.
 
 from vitflow.adapters import Adapter, AttentionSite, ProjectionSite, register_adapter
 from vitflow.engine import DAAM, DecompositionError, explain
+from vitflow.integrations import DAAMAttribution, DAAMCam
 from vitflow.mapfiles import SavedMaps, load_maps
 from vitflow.result import DAAMResult
 from vitflow.targets import (
     ClassTarget,
     FeatureWeightTarget,
+    OutputTarget,
     KNNTarget,
     MemoryBank,
     ReferenceTarget,
@@ -21,6 +23,8 @@ from vitflow.version import __version__
 
 __all__ = [
     "DAAM",
+    "DAAMAttribution",
+    "DAAMCam",
     "Adapter",
     "AttentionSite",
     "ClassTarget",
@@ -29,6 +33,7 @@ __all__ = [
     "FeatureWeightTarget",
     "KNNTarget",
     "MemoryBank",
+    "OutputTarget",
     "ProjectionSite",
     "ReferenceTarget",
     "SavedMaps",

@@ -2,13 +2,14 @@
 
 from vitflow.targets.bank import BankError, MemoryBank, model_identity
 from vitflow.targets.base import Target, TargetScores, as_target
-from vitflow.targets.classes import ClassTarget
+from vitflow.targets.classes import ClassTarget, OutputTarget
 from vitflow.targets.features import FeatureWeightTarget, ReferenceTarget, SimilarityTarget
 from vitflow.targets.knn import KNNTarget
 
 __all__ = [
     "BankError",
     "ClassTarget",
+    "OutputTarget",
     "FeatureWeightTarget",
     "KNNTarget",
     "MemoryBank",

@@ -42,10 +42,16 @@ class Target(Protocol):
 
 def as_target(target: object, num_classes: int | None, model_name: str) -> Target:
     """Turn ``DAAM.__call__``'s ``target`` argument into a :class:`Target`."""
-    from vitflow.targets.classes import ClassTarget
+    from vitflow.targets.classes import ClassTarget, OutputTarget
 
     if isinstance(target, Target):
         return target
+    if (
+        callable(target)
+        and not isinstance(target, torch.Tensor)
+        or (isinstance(target, list | tuple) and target and all(callable(t) for t in target))
+    ):
+        return OutputTarget(target)  # pytorch-grad-cam's target objects
     if num_classes == 0:
         raise ValueError(
             f"{model_name} has no classifier head (num_classes=0), so there is no class to explain; "

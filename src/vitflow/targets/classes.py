@@ -63,3 +63,44 @@ class ClassTarget:
     def __call__(self, output: torch.Tensor) -> TargetScores:
         labels = self.resolve(output)
         return TargetScores(output.gather(1, labels[:, None]).squeeze(1), labels)
+
+
+class OutputTarget:
+    """pytorch-grad-cam's targets: callables on one image's model output (a 1-D tensor) returning
+    the score to explain, e.g. ``ClassifierOutputTarget(281)``,
+    ``ClassifierOutputSoftmaxTarget(281)`` or ``lambda out: out[3] - out[5]``; one per image (its
+    convention) or one for the whole batch. The explained class is a target's ``category`` when
+    it has one, else -1."""
+
+    rho: Rho = "relu"
+
+    def __init__(self, targets) -> None:
+        self.targets = list(targets) if isinstance(targets, list | tuple) else [targets]
+        if not self.targets or not all(callable(t) for t in self.targets):
+            raise TypeError("target callables must be callables on one image's model output (1-D tensor)")
+
+    def __call__(self, output: torch.Tensor) -> TargetScores:
+        batch = output.shape[0]
+        targets = self.targets * batch if len(self.targets) == 1 else self.targets
+        if len(targets) != batch:
+            raise ValueError(
+                f"got {len(targets)} target callables for a batch of {batch} images; give one per image "
+                "or one for all"
+            )
+        scores = []
+        for i, target in enumerate(targets):
+            score = target(output[i])
+            if not isinstance(score, torch.Tensor) or score.numel() != 1:
+                raise ValueError(
+                    f"target callable {type(target).__name__} must return one number (a 0-d tensor) for one "
+                    f"image's output, got {type(score).__name__} {tuple(getattr(score, 'shape', ()))}"
+                )
+            scores.append(score.reshape(()))
+        labels = [
+            int(getattr(t, "category", -1)) if _is_index(getattr(t, "category", -1)) else -1 for t in targets
+        ]
+        return TargetScores(torch.stack(scores), torch.tensor(labels, device=output.device))
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
