@@ -4,7 +4,6 @@ import base64
 import io
 import os
 import re
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -156,27 +155,14 @@ def test_viewer_is_one_valid_file_that_references_nothing_remote(run, capsys):
 
 
 def test_viewer_in_headless_chromium(tmp_path):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        if os.environ.get("VITFLOW_REQUIRE_BROWSER"):
-            pytest.fail("chromium and chromedriver are required here (VITFLOW_REQUIRE_BROWSER is set)")
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from browser import chrome
     from selenium.webdriver.support.ui import WebDriverWait
 
     maps, block_maps = moving_spot_maps()
     top5 = [{"name": "disc", "probability": 0.9}, {"name": "square", "probability": 0.1}]
     page = tmp_path / "viewer.html"
     page.write_text(viewer_html(IMAGE, maps, block_maps, title="test", target="disc", top5=top5))
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = chrome(tmp_path / "profile")
     try:
         driver.get(page.as_uri())
         WebDriverWait(driver, 30).until(

@@ -12,9 +12,9 @@ from vitflow.result import DAAMResult
 from vitflow.targets import (
     ClassTarget,
     FeatureWeightTarget,
-    OutputTarget,
     KNNTarget,
     MemoryBank,
+    OutputTarget,
     ReferenceTarget,
     SimilarityTarget,
     Target,

@@ -383,6 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("bank", metavar="FILE")
     info.set_defaults(handler=_bank_info)
 
+    app = commands.add_parser(
+        "app",
+        help="a local web app: upload an image, pick the class, move through the blocks (needs vitflow[app])",
+        description="Starts a Gradio app on HOST:PORT (default 127.0.0.1:7860, this machine only). The model "
+        "is loaded once and shared; requests are queued, so the model never runs twice at once.",
+    )
+    _add_model_options(app, "the bundled demo ViT")
+    app.add_argument("--text", action="append", metavar="PROMPT", help="open_clip models: one text per class")
+    app.add_argument("--bank", metavar="FILE", help="memory bank for a backbone without classifier")
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    app.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
+    app.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
+    app.add_argument("--display-size", type=_positive_int, metavar="PX", help="long side of the pictures")
+    app.set_defaults(handler=_app)
+
     models = commands.add_parser(
         "models",
         help="which architectures DAAM explains (timm, transformers, torchvision, open_clip)",
@@ -394,6 +409,52 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", metavar="PATTERN")
     models.set_defaults(handler=_models)
     return parser
+
+
+def _app(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from vitflow.app import Session, build_app
+
+        _, device = _device(args.device)
+        loaded = _load(args, headless=args.bank is not None)
+        bank = None
+        if args.bank:
+            from vitflow.targets import MemoryBank
+
+            bank = MemoryBank.load(args.bank)
+            bank.check_model(loaded.model)
+        session = Session(loaded, bank, device, args.display_size)
+        examples = _app_examples() if args.model is None else None
+        app = build_app(session, examples)
+    except ImportError as error:
+        _error(_one_line(error))
+        return EXIT_USAGE
+    except _usage_errors() as error:
+        _error(_one_line(error))
+        return EXIT_USAGE
+    print(f"vitflow app: {loaded.label} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    app.launch(server_name=args.host, server_port=args.port, quiet=True, footer_links=[])
+    return EXIT_OK
+
+
+def _app_examples() -> list[str]:
+    """Three held-out demo scenes as example files (the demo ViT never saw test stream seed 3)."""
+    import tempfile
+
+    from PIL import Image
+
+    from vitflow.data.scenes import generate_scene
+
+    folder = Path(tempfile.mkdtemp(prefix="vitflow-examples-"))
+    paths = []
+    for i in range(3):
+        path = folder / f"scene_{i}.png"
+        Image.fromarray(generate_scene(3, i).image).save(path)
+        paths.append(str(path))
+    return paths
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -55,3 +55,15 @@ def _uint8_lut(name: str) -> np.ndarray:
     lut = np.round(colormap_lut(name) * 255.0).astype(np.uint8)
     lut.setflags(write=False)
     return lut
+
+
+def available_colormaps(candidates=("jet", "viridis", "inferno", "magma", "plasma", "turbo")) -> list[str]:
+    """The colormaps this installation can draw (jet always; the others need matplotlib)."""
+    names = []
+    for name in candidates:
+        try:
+            colormap_lut(name)
+        except ValueError:
+            continue
+        names.append(name)
+    return names

@@ -1,0 +1,315 @@
+"""``vitflow app``: a local web app (Gradio) to explore the attention flow of one image.
+
+:class:`Session` is the app without the web: one model loaded once and shared, a lock so that
+concurrent requests never run it at once, and the pictures for every control (block, accumulated
+or per-block maps, colormap, opacity, a baseline beside DAAM). :func:`build_app` puts Gradio
+around it; Gradio and its dependencies are the ``app`` extra.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitflow.bundle import RenderOptions, write_bundle
+from vitflow.data.images import ImageLoadError, read_image
+from vitflow.engine import DAAM
+from vitflow.render.placement import Display, crop_box
+from vitflow.result import DAAMResult
+
+PREDICTED = "predicted class"
+NO_BASELINE = "none"
+BASELINES = (
+    "raw_attention",
+    "rollout",
+    "attention_gradcam",
+    "generic_attention",
+    "gradcam",
+    "input_x_gradient",
+)
+
+
+class AppError(ValueError):
+    """A request the app cannot serve; its message is shown in the page."""
+
+
+@dataclass
+class Explained:
+    """One image's explanation, kept while its controls move."""
+
+    source: str
+    original: Image.Image
+    crop: np.ndarray
+    x: torch.Tensor
+    result: DAAMResult
+    display: Display
+    label: str
+    top5: list[tuple[str, float]]
+    heats: dict = field(default_factory=dict)  # (kind, mode) -> (L, H, W) uint8
+    baselines: dict = field(default_factory=dict)  # name -> (H, W) uint8
+
+
+class Session:
+    """A model loaded once for every request of the app."""
+
+    def __init__(
+        self, loaded, bank=None, device: str | torch.device = "cpu", display_size: int | None = None
+    ) -> None:
+        self.loaded, self.bank, self.device = loaded, bank, torch.device(device)
+        self.model = loaded.model.eval().to(self.device)
+        self.names = list(bank.class_names) if bank is not None else list(loaded.names or [])
+        self.display_size = display_size
+        self.lock = threading.Lock()  # one request runs the model at a time
+
+    @property
+    def choices(self) -> list[str]:
+        return [PREDICTED, *self.names]
+
+    def _target(self, choice: str):
+        if self.bank is not None:
+            from vitflow.targets import KNNTarget, ReferenceTarget
+
+            if choice in (None, "", PREDICTED):
+                return KNNTarget(self.bank, k=min(20, len(self.bank)))
+            index = self.names.index(choice)
+            return ReferenceTarget(self.bank.features[self.bank.labels == index].float())
+        if choice in (None, "", PREDICTED):
+            return None
+        if choice not in self.names:
+            raise AppError(f"unknown class {choice!r}; pick one from the list")
+        return self.names.index(choice)
+
+    def explain(self, path: str | Path, choice: str = PREDICTED) -> Explained:
+        """Read the uploaded file (one line of error for anything that is not an image) and explain it."""
+        if not path:
+            raise AppError("upload an image first (or pick an example)")
+        try:
+            loaded = read_image(path)
+        except ImageLoadError as error:
+            raise AppError(str(error)) from None
+        pre = self.loaded.preprocessing
+        x = pre(loaded.image)[None].to(self.device)
+        with self.lock, DAAM(self.model) as daam:
+            result = daam(x, target=self._target(choice)).to("cpu")
+        box = crop_box(pre, pre.mean, pre.std, (loaded.image.height, loaded.image.width))
+        crop = pre.to_image(x[0].cpu())
+        display = (
+            Display.of_original(loaded.image, box, self.display_size)
+            if box is not None
+            else Display.of_crop(crop, self.display_size)
+        )
+        probs = result.probabilities[0] if result.probabilities is not None else result.logits[0].softmax(0)
+        top = probs.topk(min(5, probs.numel()))
+        name = lambda i: self.names[i] if 0 <= i < len(self.names) else f"class {i}"  # noqa: E731
+        top5 = [(name(int(i)), float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+        target = int(result.target[0])
+        label = name(target) if target >= 0 else (choice or "")
+        return Explained(str(path), loaded.image, crop, x.cpu(), result, display, label, top5)
+
+    def heat(self, explained: Explained, kind: str, mode: str = "sigmoid") -> np.ndarray:
+        """``(L, H, W)`` uint8 heatmaps on the picture: ``kind`` "accumulated" or "per block"."""
+        key = (kind, mode)
+        if key not in explained.heats:
+            result, display = explained.result, explained.display
+            if kind == "per block":
+                explained.heats[key] = display.block_heat(result.block_maps[0])
+            else:
+                explained.heats[key] = display.heat(result.maps[0], mode=mode)
+        return explained.heats[key]
+
+    def picture(
+        self,
+        explained: Explained,
+        block: int,
+        kind: str = "accumulated",
+        cmap: str = "jet",
+        opacity: float = 0.5,
+    ) -> np.ndarray:
+        """The overlay for ``block`` (1-based), as the viewer draws it: ``opacity * cmap(heat) +
+        (1 - opacity) * image`` inside the crop, the photo dimmed outside."""
+        heats = self.heat(explained, kind)
+        if not 1 <= block <= len(heats):
+            raise AppError(f"block must be 1..{len(heats)}")
+        return explained.display.overlay(heats[block - 1], alpha=opacity, image_weight=1 - opacity, cmap=cmap)
+
+    def baseline(
+        self, explained: Explained, name: str, cmap: str = "jet", opacity: float = 0.5
+    ) -> np.ndarray | None:
+        """A baseline method's map for the same image and class, drawn the same way."""
+        if name in (None, "", NO_BASELINE):
+            return None
+        if name not in explained.baselines:
+            from vitflow.adapters import resolve_adapter
+            from vitflow.evaluation import explain_all
+
+            target = explained.result.target.clamp_min(0).to(self.device)
+            with self.lock:
+                maps = explain_all(resolve_adapter(self.model), explained.x.to(self.device), target, [name])[
+                    name
+                ]
+            explained.baselines[name] = explained.display.heat(maps.cpu()[0][None].float(), mode="minmax")[0]
+        heat = explained.baselines[name]
+        return explained.display.overlay(heat, alpha=opacity, image_weight=1 - opacity, cmap=cmap)
+
+    def stats(self, explained: Explained) -> list[list]:
+        """Per block: the accumulated map's maximum, the block map's maximum, the block's share of
+        the final map's mass."""
+        result = explained.result
+        total = float(result.block_maps[0].sum()) or 1.0
+        return [
+            [b + 1, round(float(result.maps[0, b].max()), 5), round(float(result.block_maps[0, b].max()), 5),
+             round(float(result.block_maps[0, b].sum()) / total, 3)]
+            for b in range(result.num_blocks)
+        ]  # fmt: skip
+
+    def bundle(self, explained: Explained, folder: str | Path) -> Path:
+        """A zip of the explanation's files (overlays, GIF, manifest, viewer, raw maps)."""
+        folder = Path(folder)
+        name = Path(explained.source).stem or "image"
+        options = RenderOptions(html=True, display_size=self.display_size)
+        pre = self.loaded.preprocessing
+        box = crop_box(pre, pre.mean, pre.std, (explained.original.height, explained.original.width))
+        fields = {"model": self.loaded.label, "image": explained.source}
+        names = self.names or None
+        write_bundle(
+            folder / name, explained.crop, explained.result, fields, names, options, explained.original, box
+        )
+        from safetensors.torch import save
+
+        raw = save(
+            {
+                "maps": explained.result.maps[0].contiguous(),
+                "block_maps": explained.result.block_maps[0].contiguous(),
+            }
+        )
+        (folder / name / "maps.safetensors").write_bytes(raw)
+        archive = folder / f"{name}_vitflow.zip"
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for path in sorted((folder / name).iterdir()):
+                zipped.write(path, f"{name}/{path.name}")
+        archive.write_bytes(buffer.getvalue())
+        return archive
+
+    def gif(self, explained: Explained, folder: str | Path, cmap: str = "jet", opacity: float = 0.5) -> Path:
+        from vitflow.render import encode_gif, label_frame
+
+        frames = [
+            label_frame(
+                self.picture(explained, b, "accumulated", cmap, opacity), f"block {b}  {explained.label}"
+            )
+            for b in range(1, explained.result.num_blocks + 1)
+        ]
+        path = Path(folder) / f"flow_{abs(hash((explained.source, cmap, opacity)))}.gif"
+        path.write_bytes(encode_gif(frames))
+        return path
+
+
+def build_app(session: Session, examples: list[str] | None = None, title: str = "vitflow"):
+    """The Gradio app around ``session``."""
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ImportError("vitflow app needs Gradio: pip install 'vitflow[app]'") from None
+    from vitflow.render.colormap import available_colormaps
+
+    workdir = Path(tempfile.mkdtemp(prefix="vitflow-app-"))
+
+    def run(path, choice, kind, cmap, opacity, baseline):
+        try:
+            explained = session.explain(path, choice)
+        except AppError as error:
+            return (
+                None,
+                gr.update(),
+                None,
+                None,
+                [],
+                f"**Could not explain this file:** {error}",
+                None,
+                None,
+            )
+        last = explained.result.num_blocks
+        picture = session.picture(explained, last, kind, cmap, opacity)
+        base = session.baseline(explained, baseline, cmap, opacity)
+        top5 = {name: p for name, p in explained.top5}
+        message = f"Explained **{explained.label}** with {session.loaded.label}; {last} blocks."
+        return (explained, gr.update(maximum=last, value=last), picture, base, session.stats(explained),
+                message, top5, None)  # fmt: skip
+
+    def redraw(explained, block, kind, cmap, opacity, baseline):
+        if explained is None:
+            return None, None
+        block = int(min(max(block, 1), explained.result.num_blocks))
+        return session.picture(explained, block, kind, cmap, opacity), session.baseline(
+            explained, baseline, cmap, opacity
+        )
+
+    def animate(explained, cmap, opacity):
+        if explained is None:
+            return None
+        return str(session.gif(explained, workdir, cmap, opacity))
+
+    def download(explained):
+        if explained is None:
+            return None
+        return str(session.bundle(explained, Path(tempfile.mkdtemp(dir=workdir))))
+
+    with gr.Blocks(title=title) as app:
+        gr.Markdown(
+            f"# {title}: the attention flow of a Vision Transformer\nModel: `{session.loaded.label}`. "
+            "Upload an image, pick the class to explain, and move through the blocks."
+        )
+        state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="image", file_count="single", type="filepath", elem_id="upload")
+                if examples:
+                    gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="examples")
+                choice = gr.Dropdown(
+                    session.choices, value=PREDICTED, label="class to explain", elem_id="choice"
+                )
+                explain = gr.Button("Explain", variant="primary", elem_id="explain")
+                status = gr.Markdown("", elem_id="status")
+                top5 = gr.Label(label="top-5", num_top_classes=5)
+            with gr.Column(scale=2):
+                block = gr.Slider(1, 12, value=12, step=1, label="block", elem_id="block")
+                with gr.Row():
+                    kind = gr.Radio(
+                        ["accumulated", "per block"], value="accumulated", label="maps", elem_id="kind"
+                    )
+                    cmap = gr.Dropdown(available_colormaps(), value="jet", label="colormap")
+                    opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="opacity")
+                    baseline = gr.Dropdown(
+                        [NO_BASELINE, *BASELINES], value=NO_BASELINE, label="baseline beside DAAM"
+                    )
+                with gr.Row():
+                    shown = gr.Image(
+                        label="DAAM", type="numpy", format="png", elem_id="daam", interactive=False
+                    )
+                    beside = gr.Image(label="baseline", type="numpy", format="png", elem_id="baseline",
+                                      interactive=False)  # fmt: skip
+                with gr.Row():
+                    play = gr.Button("Animate (GIF)")
+                    bundle = gr.Button("Download the bundle")
+                flow = gr.Image(label="flow", type="filepath", interactive=False)
+                files = gr.File(label="bundle (PNGs, GIF, manifest, viewer, raw maps)", elem_id="bundle")
+                stats = gr.Dataframe(headers=["block", "accumulated max", "block max", "block share"],
+                                     label="per-block statistics", interactive=False)  # fmt: skip
+        controls = [block, kind, cmap, opacity, baseline]
+        outputs = [state, block, shown, beside, stats, status, top5, flow]
+        explain.click(run, [upload, choice, kind, cmap, opacity, baseline], outputs, concurrency_limit=1)
+        for control in controls:
+            control.change(redraw, [state, *controls], [shown, beside], concurrency_limit=1)
+        play.click(animate, [state, cmap, opacity], [flow], concurrency_limit=1)
+        bundle.click(download, [state], [files], concurrency_limit=1)
+    app.queue(default_concurrency_limit=1)
+    return app
