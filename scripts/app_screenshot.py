@@ -32,8 +32,8 @@ def main() -> None:
     Image.fromarray(generate_scene(3, 2).image).save(scene)
     port = 7890
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, "-m", "vitflow", "app", "--port", str(port), "--device", "cpu"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    command = [sys.executable, "-m", "vitflow", "app", "--port", str(port), "--device", "cpu"]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     driver = chrome(work / "profile")
     try:
         for _ in range(120):
@@ -44,7 +44,8 @@ def main() -> None:
                 time.sleep(1)
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 120)
-        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]")).send_keys(str(scene))
+        upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
+        upload.send_keys(str(scene))
         wait.until(lambda d: "scene" in d.find_element(By.ID, "upload").text)
         driver.find_element(By.ID, "explain").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#daam img"))

@@ -145,6 +145,7 @@ class Capture:
                 with torch.autocast(x.device.type, enabled=False):  # checked in >= float32
                     self._check_records(x.shape[0])
                 wrt = inputs if input_grad else self.records[0].output
+                assert wrt is not None  # _check_records saw every block's output
                 grads = torch.autograd.grad(scored.scores.sum(), [wrt])
             for record in self.records:
                 if not record.has_gradient():
@@ -186,7 +187,7 @@ class Capture:
             errors.append(error.max())
         # one device-to-host copy for all blocks (a sync per block costs more than the check on a GPU)
         for record, worst in zip(self.records, torch.stack(errors).tolist(), strict=True):
-            tolerance = _IDENTITY_TOLERANCE.get(record.v.dtype, 1e-3)
+            tolerance = _IDENTITY_TOLERANCE.get(record.v.dtype, 1e-3) if record.v is not None else 1e-3
             if not worst <= tolerance:
                 raise DecompositionError(
                     f"{self.model_name}: block {record.index}: the token contributions rebuilt from the "

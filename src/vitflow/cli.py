@@ -166,7 +166,9 @@ def _add_model_options(parser: argparse.ArgumentParser, default: str) -> None:
 
 _BUNDLE_FILES = (
     "OUT/<image name>/ receives input.png (the crop the model saw), block_NN.png (the accumulated map "
-    "after block NN over the image), flow.gif (the attention flow, block number on each frame) and "
+    "after block NN, drawn on the original image where the crop came from, the rest dimmed; --on crop "
+    "draws on the crop), final.png (the last, labelled), flow.gif (the attention flow, block number on "
+    "each frame) and "
     "manifest.json (model, image, top-5 classes, target, per-block map statistics); with --mp4, --figure "
     "and --html also flow.mp4, figure.png/.pdf/.svg and viewer.html (plus OUT/index.html). Files are "
     "written atomically; manifest.json comes last."

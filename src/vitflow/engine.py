@@ -99,15 +99,14 @@ class DAAM:
     def _result(self, x: torch.Tensor, logits: torch.Tensor, scored: TargetScores, rho: Rho) -> DAAMResult:
         prefix = self.adapter.prefix_tokens()
         grid = self.adapter.grid((x.shape[-2], x.shape[-1]))
-        relevance = []
+        per_block = []
         # Maps are made in at least float32, also when the caller runs the model under autocast.
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             for record in self._capture.records:
-                work = record.attn_row.dtype
-                relevance.append(
-                    token_relevance(record.attn_row, record.v.to(work), record.coefficients.to(work), rho)
-                )
-            relevance = torch.stack(relevance, dim=1)  # b l n
+                row, v, coefficients = record.attn_row, record.v, record.coefficients
+                assert row is not None and v is not None and coefficients is not None  # the capture checked
+                per_block.append(token_relevance(row, v.to(row.dtype), coefficients.to(row.dtype), rho))
+            relevance = torch.stack(per_block, dim=1)  # b l n
             block_maps = block_map(relevance, prefix, grid)
             maps = accumulate(block_maps, self.normalize_blocks, self.start_block)
         return DAAMResult(

@@ -21,12 +21,12 @@ def quantus_explain_func(model: nn.Module, inputs, targets, device=None, **daam_
     target = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=x.device).reshape(-1)
     with DAAM(model, **daam_options) as daam:
         final = daam(x, target=target).final
-    return upsample_maps(final, x.shape[-2:])[:, None].cpu().numpy().astype(np.float32)
+    return upsample_maps(final, (x.shape[-2], x.shape[-1]))[:, None].cpu().numpy().astype(np.float32)
 
 
 def _final_at_input(daam: DAAM, x: torch.Tensor, target) -> torch.Tensor:
     """DAAM's final maps upsampled to the input, ``(B, H, W)`` float32."""
-    return upsample_maps(daam(x, target=target).final, x.shape[-2:])
+    return upsample_maps(daam(x, target=target).final, (x.shape[-2], x.shape[-1]))
 
 
 class DAAMAttribution:
@@ -120,7 +120,7 @@ class DAAMCam:
         with DAAM(self.model, **self.daam_options) as daam:
             result = daam(x, target=targets)
         self.outputs = result.logits
-        maps = upsample_maps(result.final, x.shape[-2:])
+        maps = upsample_maps(result.final, (x.shape[-2], x.shape[-1]))
         low = maps.amin(dim=(1, 2), keepdim=True)
         maps = (maps - low) / (1e-7 + (maps - low).amax(dim=(1, 2), keepdim=True))
         return maps.detach().cpu().numpy().astype(np.float32)

@@ -167,7 +167,9 @@ class ProjectionSite(AttentionSite):
         scale: float | None = None,
     ) -> None:
         self.module, self.q, self.k, self.v, self.out, self.heads = module, q, k, v, out, int(heads)
-        width = getattr(k, "out_features", None)
+        width = int(getattr(k, "out_features", 0) or 0)
+        if scale is None and not width:
+            raise ValueError("ProjectionSite: give scale= when the key projection has no out_features")
         self._scale = scale if scale is not None else (width // self.heads) ** -0.5
 
     @property
@@ -198,9 +200,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     function, so explaining it explains the wrapped model."""
     parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
     while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif isinstance(model, parallel):
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, parallel) and isinstance(model.module, nn.Module):
             model = model.module
         else:
             return model
@@ -322,9 +325,8 @@ class OverrideAdapter(Adapter):
     def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
         if self._grid is None:
             return self.inner.grid(image_size)
-        if callable(self._grid):
-            return tuple(self._grid(image_size))
-        return tuple(self._grid)
+        height, width = self._grid(image_size) if callable(self._grid) else self._grid
+        return int(height), int(width)
 
     def num_classes(self) -> int | None:
         return self.inner.num_classes()

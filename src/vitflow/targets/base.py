@@ -58,4 +58,4 @@ def as_target(target: object, num_classes: int | None, model_name: str) -> Targe
             "use the self-supervised mode, target=KNNTarget(MemoryBank.load(...)) (or a "
             "FeatureWeightTarget), or create the model with a classifier"
         )
-    return ClassTarget(target)
+    return ClassTarget(target)  # type: ignore[arg-type]  # ClassTarget checks the type at run time

@@ -35,9 +35,8 @@ class ClassTarget:
         if isinstance(self.classes, int | np.integer):
             labels = torch.full((batch,), self.classes, dtype=torch.long, device=output.device)
         else:
-            labels = self.classes
-            if not isinstance(labels, torch.Tensor):
-                labels = torch.as_tensor(np.asarray(labels))
+            given = self.classes
+            labels = given if isinstance(given, torch.Tensor) else torch.as_tensor(np.asarray(given))
             labels = labels.to(output.device)
             if labels.ndim == 0:  # a scalar tensor broadcasts like an int
                 labels = labels.expand(batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -84,7 +86,12 @@ class SimilarityTarget:
 
     rho: Rho = "relu"
 
-    def __init__(self, embeddings: torch.Tensor, index=None, logit_scale: float = 100.0) -> None:
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        index: int | Sequence[int] | torch.Tensor | None = None,
+        logit_scale: float = 100.0,
+    ) -> None:
         embeddings = torch.as_tensor(embeddings)
         embeddings = embeddings[None] if embeddings.ndim == 1 else embeddings
         if embeddings.ndim != 2:
