@@ -20,6 +20,8 @@ class Reference:
     logits: torch.Tensor  # (B, K)
     target: torch.Tensor  # (B,)
     identity_error: float  # max |sum_j S[j] - O[0]| over blocks
+    attention: list[torch.Tensor] | None = None  # (B, H, N, N) per block, explicit softmax
+    attention_grad: list[torch.Tensor] | None = None  # dY/dA per block, by autograd
 
 
 def reference_daam(
@@ -34,7 +36,7 @@ def reference_daam(
     tokens = model.norm_pre(model.patch_drop(tokens))
     n_tokens = tokens.shape[1]
 
-    zero_leaves, class_rows, values, outputs = [], [], [], []
+    zero_leaves, class_rows, values, outputs, fulls = [], [], [], [], []
     for blk in model.blocks:
         attn = blk.attn
         heads, head_dim = attn.num_heads, attn.head_dim
@@ -44,6 +46,7 @@ def reference_daam(
         k = attn.k_norm(qkv[:, :, 1].transpose(1, 2))
         v = qkv[:, :, 2].transpose(1, 2)
         full = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1)  # b h n n
+        fulls.append(full)
         out = torch.matmul(full, v).transpose(1, 2).reshape(batch, n_tokens, heads * head_dim)
         leaf = torch.zeros_like(out, requires_grad=True)
         out = out + leaf
@@ -65,7 +68,8 @@ def reference_daam(
         else:
             labels = torch.as_tensor(target)
         score = logits[torch.arange(batch), labels].sum()
-    grads = torch.autograd.grad(score, zero_leaves)
+    everything = torch.autograd.grad(score, zero_leaves + fulls)
+    grads, attention_grads = everything[: len(zero_leaves)], everything[len(zero_leaves) :]
 
     prefix = model.num_prefix_tokens if prefix_tokens is None else prefix_tokens
     if grid is None:
@@ -92,6 +96,8 @@ def reference_daam(
         logits=logits.detach(),
         target=labels,
         identity_error=identity_error,
+        attention=[f.detach() for f in fulls],
+        attention_grad=[g.detach() for g in attention_grads],
     )
 
 

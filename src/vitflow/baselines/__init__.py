@@ -1,7 +1,8 @@
 """Explanation methods for ViTs besides DAAM itself, and DAAM's variants, for comparison; each
 method is registered where it is defined (:data:`vitflow.registry.METHODS`)."""
 
-from vitflow.baselines import daam_variants  # noqa: F401  (registers the DAAM variants)
+# importing these registers the DAAM variants and the mixing-aware variants
+from vitflow.baselines import daam_variants, mixing  # noqa: F401
 from vitflow.baselines.inputs import MethodInputs
 from vitflow.baselines.methods import (
     attention_gradcam,
