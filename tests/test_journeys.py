@@ -251,8 +251,13 @@ def test_evaluate_every_method_in_several_batches(family, data, tmp_path, capsys
     assert len(records) == 3  # 3 scenes in batches of 2 and 1
     expected = set(method_names())
     if family.name == "timm_cait":  # class attention: nothing token-to-token to propagate
-        expected -= {"rollout", "generic_attention"}
-        assert "rollout, generic_attention left out" in capsys.readouterr().err
+        from vitflow.registry import METHODS
+
+        propagating = {e.name for e in METHODS.entries() if e.info.get("full_attention")}
+        assert {"rollout", "generic_attention", "daam_rollout"} <= propagating
+        expected -= propagating
+        err = capsys.readouterr().err
+        assert "left out" in err and all(name in err for name in propagating)
     for record in records:
         assert set(record["scores"]) == expected
         for method, scores in record["scores"].items():
