@@ -15,15 +15,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from vitflow.baselines import baseline_names
+
 VARIANTS = ["daam_rollout", "daam_generic", "daam_concentration"]
-BASELINES = [
-    "raw_attention",
-    "rollout",
-    "attention_gradcam",
-    "generic_attention",
-    "gradcam",
-    "input_x_gradient",
-]
+BASELINES = baseline_names()
 FOUR = ["pointing_game", "energy", "perturbation_pos", "insertion"]
 HIGHER = {"pointing_game": True, "energy": True, "perturbation_pos": False, "insertion": True}
 

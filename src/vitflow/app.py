@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitflow.baselines import baseline_names
 from vitflow.bundle import RenderOptions, write_bundle
 from vitflow.data.images import ImageLoadError, read_image
 from vitflow.engine import DAAM
@@ -27,14 +28,6 @@ from vitflow.result import DAAMResult
 
 PREDICTED = "predicted class"
 NO_BASELINE = "none"
-BASELINES = (
-    "raw_attention",
-    "rollout",
-    "attention_gradcam",
-    "generic_attention",
-    "gradcam",
-    "input_x_gradient",
-)
 
 
 class AppError(ValueError):
@@ -289,7 +282,7 @@ def build_app(session: Session, examples: list[str] | None = None, title: str = 
                     cmap = gr.Dropdown(available_colormaps(), value="jet", label="colormap")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="opacity")
                     baseline = gr.Dropdown(
-                        [NO_BASELINE, *BASELINES], value=NO_BASELINE, label="baseline beside DAAM"
+                        [NO_BASELINE, *baseline_names()], value=NO_BASELINE, label="baseline beside DAAM"
                     )
                 with gr.Row():
                     shown = gr.Image(

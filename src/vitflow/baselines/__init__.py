@@ -15,8 +15,15 @@ from vitflow.baselines.methods import (
 from vitflow.baselines.trace import AttentionTrace, trace_attention
 from vitflow.registry import METHODS
 
+
+def baseline_names() -> list[str]:
+    """The registered methods that are not DAAM or one of its variants, in registration order."""
+    return [name for name in METHODS.names() if not name.startswith("daam")]
+
+
 __all__ = [
     "METHODS",
+    "baseline_names",
     "AttentionTrace",
     "MethodInputs",
     "attention_gradcam",
