@@ -23,7 +23,7 @@ from vitflow.baselines import baseline_names
 from vitflow.bundle import RenderOptions, write_bundle
 from vitflow.data.images import ImageLoadError, read_image
 from vitflow.engine import DAAM
-from vitflow.render.placement import Display, crop_box
+from vitflow.render.placement import Box, CropBoxes, Display
 from vitflow.result import DAAMResult
 
 PREDICTED = "predicted class"
@@ -43,6 +43,7 @@ class Explained:
     crop: np.ndarray
     x: torch.Tensor
     result: DAAMResult
+    box: Box | None  # where the model's crop lies in the original (None: not a resize-and-crop)
     display: Display
     label: str
     top5: list[tuple[str, float]]
@@ -61,6 +62,7 @@ class Session:
         self.names = list(bank.class_names) if bank is not None else list(loaded.names or [])
         self.display_size = display_size
         self.lock = threading.Lock()  # one request runs the model at a time
+        self.boxes = CropBoxes(loaded.preprocessing)
 
     @property
     def choices(self) -> list[str]:
@@ -92,7 +94,7 @@ class Session:
         x = pre(loaded.image)[None].to(self.device)
         with self.lock, DAAM(self.model) as daam:
             result = daam(x, target=self._target(choice)).to("cpu")
-        box = crop_box(pre, pre.mean, pre.std, (loaded.image.height, loaded.image.width))
+        box = self.boxes.box(loaded.image.height, loaded.image.width)
         crop = pre.to_image(x[0].cpu())
         display = (
             Display.of_original(loaded.image, box, self.display_size)
@@ -105,7 +107,7 @@ class Session:
         top5 = [(name(int(i)), float(p)) for p, i in zip(top.values, top.indices, strict=True)]
         target = int(result.target[0])
         label = name(target) if target >= 0 else (choice or "")
-        return Explained(str(path), loaded.image, crop, x.cpu(), result, display, label, top5)
+        return Explained(str(path), loaded.image, crop, x.cpu(), result, box, display, label, top5)
 
     def heat(self, explained: Explained, kind: str, mode: str = "sigmoid") -> np.ndarray:
         """``(L, H, W)`` uint8 heatmaps on the picture: ``kind`` "accumulated" or "per block"."""
@@ -168,8 +170,7 @@ class Session:
         folder = Path(folder)
         name = Path(explained.source).stem or "image"
         options = RenderOptions(html=True, display_size=self.display_size)
-        pre = self.loaded.preprocessing
-        box = crop_box(pre, pre.mean, pre.std, (explained.original.height, explained.original.width))
+        box = explained.box
         fields = {"model": self.loaded.label, "image": explained.source}
         names = self.names or None
         write_bundle(

@@ -40,7 +40,7 @@ from vitflow.data.images import ImageLoadError, read_image
 from vitflow.data.loader import batches
 from vitflow.data.preprocess import Preprocessing
 from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
-from vitflow.files import atomic_path, write_bytes_atomic, write_json_atomic
+from vitflow.files import write_bytes_atomic, write_json_atomic
 from vitflow.metrics.localization import _average_precision
 
 STEPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -85,15 +85,17 @@ def perturbation_hits(
     black: torch.Tensor,
     positive: bool,
     steps: Sequence[float] = STEPS,
+    intact: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(B, 1 + len(steps))`` bool: top-1 correct on the intact input, then after blacking out
     each step's share of pixels, most relevant first (``positive``) or least relevant first.
-    ``black``: ``(3,)`` the normalised value of a zero pixel."""
+    ``black``: ``(3,)`` the normalised value of a zero pixel; ``intact``: ``(B,)`` the intact
+    input's hits when the caller has them (one forward pass less)."""
     batch, channels = x.shape[:2]
     pixels = x.shape[-2] * x.shape[-1]
     ranking = (unit if positive else -unit).reshape(batch, -1)
     with torch.no_grad():
-        hits = [forward(x).argmax(1) == labels]
+        hits = [forward(x).argmax(1) == labels if intact is None else intact]
         for step in steps:
             _, idx = torch.topk(ranking, int(pixels * step), dim=-1)
             removed = torch.zeros(batch, pixels, dtype=torch.bool, device=x.device)
@@ -289,7 +291,9 @@ def _score(adapter, batch, source: Source, methods: list[str], black: torch.Tens
                 entry.update({key: value[k].tolist() for key, value in counts.items()})
         if has_labels:
             for sign, positive in (("positive", True), ("negative", False)):
-                hits = perturbation_hits(adapter.forward, x, unit, labels, black, positive)
+                hits = perturbation_hits(
+                    adapter.forward, x, unit, labels, black, positive, intact=predicted == labels
+                )
                 for k, entry in enumerate(per_image):
                     entry[sign] = hits[k].int().tolist()
         for record, entry in zip(records, per_image, strict=True):
@@ -298,18 +302,15 @@ def _score(adapter, batch, source: Source, methods: list[str], black: torch.Tens
 
 
 def _summarize(out: Path, ledger: Ledger, chunks: int, methods: list[str], total: int) -> dict | None:
-    """Join the chunks into ``records.jsonl`` and aggregate as their code does."""
-    records, failed = [], 0
-    with atomic_path(out / "records.jsonl") as tmp, open(tmp, "w") as handle:
-        for chunk in range(chunks):
-            part = json.loads(ledger.path(chunk, ".json").read_text())
-            failed += len(part["failures"])
-            for record in part["records"]:
-                records.append(record)
-                handle.write(json.dumps(record) + "\n")
-    if not records:
-        (out / "records.jsonl").unlink()
+    """Join the chunks into ``records.jsonl`` (as :func:`vitflow.evaluation.evaluate` does) and
+    aggregate as their code does."""
+    from vitflow.evaluation import _join_records
+
+    joined = _join_records(out, ledger, chunks, total)
+    if joined is None:
         return None
+    failed = joined["failed"]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     table: dict[str, dict] = {}
     for name in methods:
         rows = [r["methods"][name] for r in records]

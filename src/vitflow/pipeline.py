@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from vitflow.engine import DAAM
 from vitflow.files import write_bytes_atomic, write_json_atomic
 from vitflow.mapfiles import save_shard
 from vitflow.progress import Progress
+from vitflow.render.placement import CropBoxes
 
 MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -330,7 +330,7 @@ def explain_files(
 
     describe = describer(plan, "images", lambda i: str(jobs[i][0]))
     pool = _Writers(default_writers() if writers is None else writers, bound=2 * batch_size)
-    placements = _Placements(preprocessing)
+    placements = CropBoxes(preprocessing)
     try:
         with DAAM(model, rho=rho, normalize_blocks=normalize_blocks, adapter=adapter) as daam:
             loader = iter(loader)
@@ -379,22 +379,6 @@ def _merge(
     report.explained, report.resumed = merged["explained"], merged["resumed"]
     report.failures = merged["failures"]
     return report
-
-class _Placements:
-    """Where the model's crop lies in an original of each size (probed once per size, shared by
-    the writer threads)."""
-
-    def __init__(self, preprocessing: Preprocessing) -> None:
-        self.preprocessing, self._boxes, self._lock = preprocessing, {}, threading.Lock()
-
-    def box(self, height: int, width: int):
-        from vitflow.render.placement import crop_box
-
-        with self._lock:
-            if (height, width) not in self._boxes:
-                pre = self.preprocessing
-                self._boxes[(height, width)] = crop_box(pre, pre.mean, pre.std, (height, width))
-            return self._boxes[(height, width)]
 
 
 def daam_rho(target: object) -> str:

@@ -83,6 +83,24 @@ def crop_box(
     return Box(float(top), float(left), float(scale_y * out.shape[1]), float(scale_x * out.shape[2]))
 
 
+class CropBoxes:
+    """:func:`crop_box` for one preprocessing, probed once per original size and shared by threads
+    (the pipeline's writers, the app's requests): probing transforms an image as large as the
+    photo."""
+
+    def __init__(self, preprocessing) -> None:
+        import threading
+
+        self.preprocessing, self._boxes, self._lock = preprocessing, {}, threading.Lock()
+
+    def box(self, height: int, width: int) -> Box | None:
+        with self._lock:
+            if (height, width) not in self._boxes:
+                pre = self.preprocessing
+                self._boxes[(height, width)] = crop_box(pre, pre.mean, pre.std, (height, width))
+            return self._boxes[(height, width)]
+
+
 def display_size(original: tuple[int, int], requested: int | None = None) -> tuple[int, int]:
     """``(H, W)`` of the picture: the long side ``requested``, else the original's long side kept
     between :data:`DISPLAY_MIN` and :data:`DISPLAY_MAX` (small images are enlarged so labels and
