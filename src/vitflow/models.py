@@ -99,14 +99,11 @@ def class_token_backbone_kwargs(name: str) -> dict:
     weights put it (after pooling, ``fc_norm``), so pretrained weights load key for key. Built on
     the meta device (no weights)."""
     import inspect
-    import warnings
 
-    import timm
+    from vitflow.zoo import meta_timm
 
     try:
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")
-            model = timm.create_model(name.split(".")[0], pretrained=False)
+        model = meta_timm(name.split(".")[0])
     except Exception:  # noqa: BLE001 - the real build reports the problem
         return {}
     if getattr(model, "cls_token", None) is None or getattr(model, "global_pool", "token") != "avg":

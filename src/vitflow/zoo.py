@@ -306,21 +306,23 @@ def timm_names(pattern: str = "*") -> list[str]:
     return timm.list_models(pattern)
 
 
+def meta_timm(name: str, **kwargs) -> nn.Module:
+    """timm's ``name`` built on the meta device: the architecture without weights or memory."""
+    import timm
+    import torch
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
 def timm_verdicts(names: list[str]) -> Iterator[tuple[str, str, str]]:
     """``(name, class name, status)`` for each timm name, built on the meta device. ``status`` is
     ``"yes"``, ``"yes, with global_pool='token'"`` (a [class]-token model whose default head
     averages patch tokens) or ``"no: <reason>"``."""
-    import timm
-    import torch
-
-    def build(name: str, **kwargs):
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")
-            return timm.create_model(name, pretrained=False, **kwargs)
-
     for name in names:
         try:
-            model = build(name)
+            model = meta_timm(name)
         except Exception as error:  # noqa: BLE001 - a zoo entry that does not build is reported
             yield name, "?", f"no: timm cannot build it offline ({type(error).__name__}: {error})"
             continue
@@ -333,7 +335,7 @@ def timm_verdicts(names: list[str]) -> Iterator[tuple[str, str, str]]:
             and getattr(model, "global_pool", "token") != "token"
         ):
             try:
-                if verdict(build(name, global_pool="token")) is None:
+                if verdict(meta_timm(name, global_pool="token")) is None:
                     yield (
                         name,
                         type(model).__name__,
