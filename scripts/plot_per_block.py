@@ -29,7 +29,7 @@ def main() -> None:
             curves[metric] = values
     if not curves:
         raise SystemExit("no per-block curves in these files (run vitflow evaluate with --per-block-metrics)")
-    _plot_curves(curves, args.out)
+    _plot_curves({"daam": curves}, args.out)
     print(f"wrote {args.out} ({', '.join(sorted(curves))})")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -214,3 +215,95 @@ def placed(image: np.ndarray, quadrant: int, seed: int) -> np.ndarray:
     row, col = (quadrant // 2) * 112, (quadrant % 2) * 112
     canvas[row : row + 112, col : col + 112] = tile(image)
     return canvas
+
+
+# -- objects pasted on real photos (the real-weights evaluation of the variants study) -----------
+
+STUDY_CLASSES = ("cat", "coffee", "rocket", "astronaut", "temple", "flower", "hopper", "motorcycle")
+
+
+@functools.lru_cache(maxsize=1)
+def study_photos() -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The object photos (one class each: :data:`STUDY_CLASSES`) and the background photos (none of
+    which shows a class): scikit-image's, scikit-learn's and matplotlib's bundled photographs."""
+    import matplotlib.cbook
+    import skimage.data
+
+    def rgb(image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            image = (255 * (image - image.min()) / max(float(np.ptp(image)), 1e-9)).astype(np.uint8)
+        return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+
+    objects = dict(photos())
+    objects["hopper"] = rgb(np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg"))))
+    objects["motorcycle"] = rgb(skimage.data.stereo_motorcycle()[0])
+    names = ("brick", "grass", "gravel", "camera", "moon", "coins", "page", "text", "hubble_deep_field",
+             "immunohistochemistry", "retina", "cell", "clock")  # fmt: skip
+    backgrounds = [rgb(getattr(skimage.data, name)()) for name in names]
+    return {name: objects[name] for name in STUDY_CLASSES}, backgrounds
+
+
+def _resized_crop(rng: np.random.Generator, image: np.ndarray, size: tuple[int, int], scale) -> np.ndarray:
+    """A random crop of ``scale`` of the photo's area (aspect 3:4 to 4:3), resized to ``size`` (w, h),
+    flipped half the time."""
+    h, w = image.shape[:2]
+    area = rng.uniform(*scale) * h * w
+    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    ch, cw = min(h, int(round(math.sqrt(area / aspect)))), min(w, int(round(math.sqrt(area * aspect))))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = Image.fromarray(image[y : y + ch, x : x + cw]).resize(size, Image.BICUBIC)
+    crop = np.asarray(crop).astype(np.float64)
+    return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+def pasted_scene(seed: int, index: int, objects: int = 1, size: int = 224):
+    """Scene ``index`` of stream ``seed``: ``objects`` (1 or 2) objects of different classes, each a
+    random crop of its class's photo cut out by an ellipse (its exact mask), pasted on a random
+    crop of a background photo (tinted, so colour alone does not separate object from background).
+    Object diameters are 38-55% of the image with one object and 30-38% with two; two objects never
+    overlap. Returns a :class:`vitflow.data.scenes.Scene`."""
+    from vitflow.data.scenes import Scene
+
+    pictures, backgrounds = study_photos()
+    rng = np.random.default_rng([seed, index, objects, 7])
+    labels = rng.choice(len(STUDY_CLASSES), size=objects, replace=False)
+    image = _resized_crop(rng, backgrounds[int(rng.integers(len(backgrounds)))], (size, size), (0.2, 1.0))
+    image = image * rng.uniform(0.6, 1.25, 3) + rng.uniform(-25, 25, 3)
+    low, high = (0.38, 0.55) if objects == 1 else (0.30, 0.38)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    masks, boxes, taken = [], [], []
+    for label in labels:
+        diameter = rng.uniform(low, high) * size
+        ratio, angle = rng.uniform(0.7, 1.0), rng.uniform(0, math.pi)
+        placed = False
+        while not placed:  # no room left for the second object: try it a little smaller
+            a, b = diameter / 2 / math.sqrt(ratio), diameter / 2 * math.sqrt(ratio)  # equal areas
+            for _ in range(200):
+                cx, cy = rng.uniform(a, size - a, 2)
+                if all(math.dist((cx, cy), (x, y)) > (a + r) * 1.05 for x, y, r in taken):
+                    placed = True
+                    break
+            diameter *= 0.9
+        taken.append((cx, cy, a))
+        u = (xx - cx) * math.cos(angle) + (yy - cy) * math.sin(angle)
+        v = -(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle)
+        mask = (u / a) ** 2 + (v / b) ** 2 <= 1
+        x0, x1 = int(math.floor(cx - a)), int(math.ceil(cx + a))
+        y0, y1 = int(math.floor(cy - a)), int(math.ceil(cy + a))
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
+        patch = _resized_crop(rng, pictures[STUDY_CLASSES[label]], (x1 - x0, y1 - y0), (0.25, 0.8))
+        patch = patch * rng.uniform(0.8, 1.2) + rng.uniform(-15, 15)
+        canvas = np.zeros_like(image)
+        canvas[y0:y1, x0:x1] = patch
+        image = np.where(mask[..., None], canvas, image)
+        ys, xs = np.nonzero(mask)
+        masks.append(mask)
+        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    image = image + rng.normal(0, 3, image.shape)
+    return Scene(
+        image=np.clip(np.round(image), 0, 255).astype(np.uint8),
+        masks=np.stack(masks),
+        labels=np.asarray(labels, dtype=np.int64),
+        boxes=np.asarray(boxes, dtype=np.int64),
+    )

@@ -29,7 +29,7 @@ def test_evaluate_writes_results_and_resumes(tmp_path, capsys):
     first = json.loads(records[0])
     assert set(first["scores"]) == {"daam", "daam_from_3", "rollout", "generic_attention"}
     assert set(first["scores"]["daam"]) == {"pointing_game", "energy", "ap", "perturbation_pos"}
-    assert len(first["daam_per_block"]) == 6  # test_vit has 6 blocks
+    assert len(first["per_block"]["daam"]) == 6  # test_vit has 6 blocks
     assert main([*args, "--sanity", "2"]) == 0  # a larger --limit: the run goes on to 4 objects
     sanity = json.loads((tmp_path / "eval" / "sanity.json").read_text())
     correlations = sanity["spearman_after_top_k_randomised"]

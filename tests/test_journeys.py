@@ -263,7 +263,7 @@ def test_evaluate_every_method_in_several_batches(family, data, tmp_path, capsys
         for method, scores in record["scores"].items():
             assert set(scores) == {"pointing_game", "energy", "deletion"}, method
             assert 0 <= scores["energy"] <= 1 and 0 <= scores["deletion"] <= 1, method
-        assert len(record["daam_per_block"]) >= 2
+        assert len(record["per_block"]["daam"]) >= 2
     table = (out / "results.md").read_text().splitlines()
     assert [row.split(" | ")[0].lstrip("| ") for row in table[2:]] == [
         m for m in method_names() if m in expected

@@ -16,7 +16,7 @@ from vitflow.evaluation import applicable_methods, explain_all
 
 
 def _explicit_variants(ref, prefix, grid):
-    """The variants' final maps, written out with explicit loops over blocks in float64."""
+    """The variants' flows (the map after every block), with explicit loops over blocks in float64."""
     batch, blocks, tokens = ref.relevance.shape
     eye = torch.eye(tokens, dtype=torch.float64)
     results = {}
@@ -24,9 +24,11 @@ def _explicit_variants(ref, prefix, grid):
         m = eye.expand(batch, tokens, tokens).clone()
         r = m.clone()  # generic attention's unnormalised relevance
         total = torch.zeros(batch, tokens, dtype=torch.float64)
+        flow = []
         for b in range(blocks):
             u = ref.relevance[:, b].clamp_min(0)
-            total += torch.stack([u[i] @ m[i] for i in range(batch)])  # relevance to input tokens
+            total = total + torch.stack([u[i] @ m[i] for i in range(batch)])  # relevance to input tokens
+            flow.append(total[:, prefix:].reshape(batch, *grid))
             a = ref.attention[b].mean(dim=1)
             if name == "daam_rollout":
                 step = 0.5 * a + 0.5 * eye
@@ -35,7 +37,7 @@ def _explicit_variants(ref, prefix, grid):
             else:
                 r = r + (ref.attention_grad[b] * ref.attention[b]).clamp_min(0).mean(dim=1) @ r
                 m = r / r.sum(-1, keepdim=True)
-        results[name] = total[:, prefix:].reshape(batch, *grid)
+        results[name] = torch.stack(flow, dim=1)
     return results
 
 
@@ -52,8 +54,10 @@ def test_mixing_variants_match_an_explicit_float64_computation(name):
     expected = _explicit_variants(ref, prefix, grid)
     for variant in ("daam_rollout", "daam_generic"):
         assert expected[variant].abs().max() > 0
-        assert relative_error(maps[variant], expected[variant]) <= 1e-6, variant
+        assert relative_error(maps[f"{variant}/flow"], expected[variant]) <= 1e-6, variant  # every block
+        assert torch.equal(maps[variant], maps[f"{variant}/flow"][:, -1])  # the map is the flow's last
         assert relative_error(maps[variant], maps["daam"]) > 1e-3  # the mixing changes the map
+    assert relative_error(maps["daam/flow"], ref.block_maps.cumsum(dim=1)) <= 1e-6
 
 
 def test_block_one_is_plain_daam_and_relevance_is_moved_not_made():
@@ -84,3 +88,38 @@ def test_mixing_variants_are_left_out_for_class_attention_models():
     kept, notes = applicable_methods(resolve_adapter(model), ["daam", "daam_rollout", "daam_generic",
                                                               "daam_concentration"])  # fmt: skip
     assert kept == ["daam", "daam_concentration"] and "daam_rollout" in notes[0]
+
+
+def test_evaluate_scores_every_variant_block_by_block(tmp_path, capsys):
+    """``--per-block-methods``: each variant's map after every block is scored; after the last block
+    it is the variant's own map, so its last per-block score equals its score."""
+    import json
+
+    from vitflow.cli import main
+
+    main(["scenes", "--out", str(tmp_path / "s"), "--n", "6", "--seed", "4"])
+    args = ["evaluate", "--data", str(tmp_path / "s"), "--metrics", "pointing_game,energy",
+            "--per-block-metrics", "pointing_game,energy", "--batch-size", "4", "--quiet"]  # fmt: skip
+    methods = "daam,daam_rollout,daam_concentration,raw_attention"
+    code = main([*args, "--out", str(tmp_path / "e"), "--methods", methods,
+                 "--per-block-methods", "daam,daam_rollout,daam_concentration"])  # fmt: skip
+    assert code == 0
+    records = [json.loads(line) for line in (tmp_path / "e" / "records.jsonl").read_text().splitlines()]
+    for r in records:
+        assert set(r["per_block"]) == {"daam", "daam_rollout", "daam_concentration"}
+        for m, blocks in r["per_block"].items():
+            assert len(blocks) == 6  # the demo ViT's blocks
+            assert blocks[-1]["energy"] == pytest.approx(r["scores"][m]["energy"], abs=1e-9)
+    summary = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert set(summary["per_block"]) == {"daam", "daam_rollout", "daam_concentration"}
+    assert summary["daam_per_block"] == summary["per_block"]["daam"]
+    assert summary["per_block"]["daam_rollout"]["energy"] != summary["per_block"]["daam"]["energy"]
+    assert (tmp_path / "e" / "per_block.png").stat().st_size > 10_000
+    capsys.readouterr()
+    refused = {"raw_attention": "no map after each block", "daam_generic": "not among the evaluated"}
+    for bad, says in refused.items():
+        out = str(tmp_path / bad)
+        assert main([*args, "--out", out, "--methods", methods, "--per-block-methods", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / bad).exists()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vitflow.data.images import MAX_PIXELS
-from vitflow.evaluation import default_per_block_metrics, method_names, metric_names
+from vitflow.evaluation import check_flow_methods, default_per_block_metrics, method_names, metric_names
 from vitflow.models import model_prefixes
 from vitflow.render import MODES
 from vitflow.version import __version__
@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every METHOD and METRIC over a dataset: a scenes folder written by vitflow scenes "
         "(object masks from boxes.json; two-object scenes explain each object) or an ImageFolder tree "
         "(mask-free metrics only). Writes OUT/records.jsonl (per image; a rerun resumes), results.json, "
-        "results.csv, results.md and per_block.png (DAAM's metrics after each block).",
+        "results.csv, results.md and per_block.png (the per-block metrics after each block, for "
+        "--per-block-methods).",
     )
     _add_model_options(evaluate, "the bundled demo ViT")
     evaluate.add_argument(
@@ -310,8 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--per-block-metrics",
         default=",".join(default_per_block_metrics()),
-        help="metrics also computed for DAAM's map after every block (default: the mask metrics, "
+        help="metrics also computed for the map after every block (default: the mask metrics, "
         "perturbation_pos, insertion; empty for none)",
+    )
+    evaluate.add_argument(
+        "--per-block-methods",
+        default="daam",
+        help="comma-separated methods whose map after every block the per-block metrics score: DAAM and "
+        "its variants that accumulate (daam, daam_block_norm, daam_from_K, daam_rollout, daam_generic, "
+        "daam_concentration); each must be among --methods (default: daam, when it is)",
     )
     evaluate.add_argument(
         "--first-object-only", action="store_true", help="explain only the first object of a scene"
@@ -835,6 +843,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
         per_block = [m for m in args.per_block_metrics.split(",") if m]
         check_names(args.methods.split(","), [*args.metrics.split(","), *per_block])
+        per_block_methods = [m for m in args.per_block_methods.split(",") if m]
+        if per_block_methods == ["daam"] and "daam" not in args.methods.split(","):
+            per_block_methods = []  # the default, for runs without DAAM
+        check_flow_methods(per_block_methods, args.methods.split(","))
         group, device = _device(args.device)
         texts = None
         if args.model and args.model.startswith("open_clip:") and not args.text:
@@ -851,7 +863,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),
             metrics=args.metrics.split(","), batch_size=args.batch_size, device=device, progress=progress,
             per_block_metrics=per_block, on_error=report, chunk_items=args.chunk, workers=args.workers,
-            group=group, saved=saved,
+            group=group, saved=saved, per_block_methods=per_block_methods,
         )  # fmt: skip
         progress.close()
         if group.rank:  # rank 0 reports and runs the sanity check

@@ -54,6 +54,16 @@ def check_names(methods: Sequence[str], metrics: Sequence[str]) -> None:
         METRICS.lookup(name)
 
 
+def check_flow_methods(per_block_methods: Sequence[str], methods: Sequence[str]) -> None:
+    """Raise ``ValueError`` for a per-block method that makes no attention flow or is not evaluated."""
+    for name in per_block_methods:
+        if not is_flow_method(name):
+            flows = ", ".join(e.info.get("display", e.name) for e in METHODS.entries() if e.info.get("flow"))
+            raise ValueError(f"{name!r} has no map after each block; per-block methods are {flows}")
+        if name not in methods:
+            raise ValueError(f"per-block method {name!r} is not among the evaluated methods; add it to them")
+
+
 def higher_is_better(metric: str) -> bool:
     return METRICS.lookup(metric)[0].info["higher_is_better"]
 
@@ -190,15 +200,25 @@ def _batches(
 
 
 def explain_all(adapter: Adapter, x: torch.Tensor, target: torch.Tensor, methods: Sequence[str]) -> dict:
-    """Maps of every method for a batch: ``(B, h, w)`` (or ``(B, H, W)``), plus ``"daam_blocks"``
-    ``(B, L, h, w)`` (DAAM's accumulated map after each block) when a DAAM variant is among them.
+    """Maps of every method for a batch: ``(B, h, w)`` (or ``(B, H, W)``), plus, for each method
+    that makes an attention flow (registered with ``flow=True``: DAAM and its variants),
+    ``"<method>/flow"`` ``(B, L, h, w)``, its map after each block; the method's map is the last.
     Methods sharing a pass (the DAAM variants; the attention methods) share one."""
     input_grad = any(METHODS.lookup(m)[0].info.get("input_grad") for m in methods)
     inputs = MethodInputs(adapter, x, target, input_grad=input_grad)
-    maps = {name: METHODS.call(name, inputs).float() for name in methods}
-    if any(m.startswith("daam") for m in methods):
-        maps["daam_blocks"] = inputs.daam.maps.float()
+    maps = {}
+    for name in methods:
+        out = METHODS.call(name, inputs).float()
+        if is_flow_method(name):
+            maps[f"{name}/flow"] = out
+            out = out[:, -1]
+        maps[name] = out
     return maps
+
+
+def is_flow_method(name: str) -> bool:
+    """Whether method ``name`` makes an attention flow (a map after every block)."""
+    return bool(METHODS.lookup(name)[0].info.get("flow"))
 
 
 def score_maps(
@@ -231,6 +251,7 @@ def evaluate(
     workers: int = 0,
     group: Group = SINGLE,
     saved: SavedMaps | None = None,
+    per_block_methods: Sequence[str] | None = None,
 ) -> dict:
     """Run every method and metric over ``items``; write per-image records to ``out/records.jsonl``
     and return the summary (also written as results.*).
@@ -243,25 +264,31 @@ def evaluate(
     records are those of one process. ``workers``: ``DataLoader`` processes decoding images.
     ``saved``: maps saved by ``vitflow explain --save-maps`` (:func:`vitflow.load_maps`), scored
     as one more method, ``saved``, without running the model for them: each item gets the saved
-    final map of its image (for the class it was made for).
+    final map of its image (for the class it was made for). ``per_block_methods``: the methods
+    whose map after every block is scored by ``per_block_metrics`` (DAAM and its variants that
+    make an attention flow; default: DAAM when it is among ``methods``).
     """
     methods = list(methods or method_names())
     metrics = list(metrics or metric_names())
     per_block_metrics = default_per_block_metrics() if per_block_metrics is None else list(per_block_metrics)
     check_names(methods, [*metrics, *per_block_metrics])
+    if per_block_methods is None:
+        per_block_methods = ["daam"] if "daam" in methods else []
+    check_flow_methods(per_block_methods, methods)
     out = Path(out)
     if group.is_main:
         out.mkdir(parents=True, exist_ok=True)
     model = model.eval().to(device)
     adapter = resolve_adapter(model, adapter)
     methods, notes = applicable_methods(adapter, methods)
+    per_block_methods = [m for m in per_block_methods if m in methods]  # applicable to this model
     lookup = _saved_lookup(saved, items) if saved is not None else None
     per_chunk = -(-chunk_items // batch_size)
     plan = chunk_batches(len(items), batch_size, per_chunk)
     state = {
         "model": model_identity(model), "batch_size": batch_size, "chunk_batches": per_chunk,
         "methods": methods + (["saved"] if saved is not None else []), "metrics": metrics,
-        "per_block_metrics": per_block_metrics,
+        "per_block_metrics": per_block_metrics, "per_block_methods": per_block_methods,
     }  # fmt: skip
     keys = chunk_keys(plan, lambda i: f"{items[i].name}\t{items[i].path}\t{items[i].target}")
     ledger = Ledger(out / "chunks", state, keys, group, strict=True, what="evaluate")
@@ -284,7 +311,9 @@ def evaluate(
             if batch.x is None:
                 continue
             given = None if lookup is None else lookup(batch.items, batch.x.device)
-            records += _score_batch(adapter, batch, methods, metrics, per_block_metrics, given)
+            records += _score_batch(
+                adapter, batch, methods, metrics, per_block_metrics, given, per_block_methods
+            )
             if progress is not None:
                 progress.update(len(batch.items))
         record = {"rank": group.rank, "world_size": group.world_size, "records": records}
@@ -327,10 +356,11 @@ def _saved_lookup(saved: SavedMaps, items: Sequence[Item]):
 
 def _score_batch(
     adapter: Adapter, batch: _Inputs, methods: list[str], metrics: list[str], per_block_metrics: list[str],
-    saved: torch.Tensor | None = None,
+    saved: torch.Tensor | None = None, per_block_methods: Sequence[str] = ("daam",),
 ) -> list[dict]:  # fmt: skip
-    """The per-item records of one batch: every method's map scored by every metric, DAAM's map
-    after each block by the per-block metrics, and ``saved`` maps ``(B, h, w)`` as method ``saved``."""
+    """The per-item records of one batch: every method's map scored by every metric, the maps after
+    each block of ``per_block_methods`` by the per-block metrics, and ``saved`` maps ``(B, h, w)``
+    as method ``saved``."""
     x, target = batch.x, batch.target
     maps = explain_all(adapter, x, target, methods)
     if saved is not None:
@@ -340,20 +370,24 @@ def _score_batch(
         correct = (adapter.forward(x).argmax(1) == target).cpu()
     context = ScoringContext(adapter.forward, x, target, batch.masks)
     scores = {m: score_maps(context, maps[m], metrics) for m in methods}
-    blocks = maps.get("daam_blocks")
-    per_block = []
-    if blocks is not None:
-        per_block = [score_maps(context, blocks[:, b], per_block_metrics) for b in range(blocks.shape[1])]
+    per_block = {}
+    for m in per_block_methods if per_block_metrics else ():
+        flow = maps[f"{m}/flow"]
+        per_block[m] = [score_maps(context, flow[:, b], per_block_metrics) for b in range(flow.shape[1])]
     return [
         {
             "item": item.name,
             "target": item.target,
             "correct": bool(correct[i]),
             "scores": {m: {k: float(v[i]) for k, v in s.items()} for m, s in scores.items()},
-            "daam_per_block": [{k: float(v[i]) for k, v in s.items()} for s in per_block],
+            "per_block": {m: [_item_scores(s, i) for s in ss] for m, ss in per_block.items()},
         }
         for i, item in enumerate(batch.items)
     ]
+
+
+def _item_scores(scores: dict[str, torch.Tensor], i: int) -> dict[str, float]:
+    return {k: float(v[i]) for k, v in scores.items()}
 
 
 def _join_records(out: Path, ledger: Ledger, chunks: int, total: int) -> dict | None:
@@ -449,15 +483,13 @@ def summarize(out: Path, methods: Sequence[str], metrics: Sequence[str]) -> dict
     present = [m for m in metrics if any(m in r["scores"].get(methods[0], {}) for r in records)]
     table = {m: {k: _mean([r["scores"][m][k] for r in records if k in r["scores"][m]]) for k in present}
              for m in methods}  # fmt: skip
-    blocks = max((len(r["daam_per_block"]) for r in records), default=0)
-    block_keys = sorted({k for r in records for s in r["daam_per_block"] for k in s})
-    curves = {k: [_mean([r["daam_per_block"][b][k] for r in records if len(r["daam_per_block"]) > b])
-                  for b in range(blocks)] for k in block_keys}  # fmt: skip
+    curves = {m: _curves([r["per_block"].get(m, []) for r in records]) for m in _flow_names(records)}
     summary = {
         "items": len(records),
         "accuracy": _mean([float(r["correct"]) for r in records]),
         "methods": table,
-        "daam_per_block": curves,
+        "per_block": curves,
+        "daam_per_block": curves.get("daam", {}),  # DAAM's curves, as results.json has always had them
         "higher_is_better": {k: higher_is_better(k) for k in present},
     }
     write_json_atomic(out / "results.json", summary)
@@ -475,7 +507,7 @@ def summarize(out: Path, methods: Sequence[str], metrics: Sequence[str]) -> dict
             cells.append(f"**{table[m][k]:.3f}**" if table[m][k] == best else f"{table[m][k]:.3f}")
         md.append(f"| {m} | " + " | ".join(cells) + " |")
     write_bytes_atomic(out / "results.md", ("\n".join(md) + "\n").encode())
-    if curves:
+    if any(curves.values()):
         try:
             _plot_curves(curves, out / "per_block.png")
         except ImportError:  # matplotlib is an extra: one picture less, never the run
@@ -483,7 +515,23 @@ def summarize(out: Path, methods: Sequence[str], metrics: Sequence[str]) -> dict
     return summary
 
 
-def _plot_curves(curves: dict[str, list[float]], path: Path) -> None:
+def _flow_names(records: list[dict]) -> list[str]:
+    names: list[str] = []
+    for r in records:
+        names += [m for m in r["per_block"] if m not in names]
+    return names
+
+
+def _curves(per_item: list[list[dict]]) -> dict[str, list[float]]:
+    """``{metric: mean over items, block by block}`` from each item's per-block scores."""
+    blocks = max((len(p) for p in per_item), default=0)
+    keys = sorted({k for p in per_item for s in p for k in s})
+    return {k: [_mean([p[b][k] for p in per_item if len(p) > b and k in p[b]]) for b in range(blocks)]
+            for k in keys}  # fmt: skip
+
+
+def _plot_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """``{method: {metric: curve}}``: one panel per metric, one line per method."""
     import io
 
     import matplotlib
@@ -491,13 +539,36 @@ def _plot_curves(curves: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics = sorted({k for c in curves.values() for k in c})
+    if len(curves) > 1:
+        cols = min(3, len(metrics))
+        rows = -(-len(metrics) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.8, 3.0 * rows), constrained_layout=True,
+                                 squeeze=False)  # fmt: skip
+        for ax, metric in zip(axes.flat, metrics, strict=False):
+            for method, by_metric in curves.items():
+                if metric in by_metric:
+                    values = by_metric[metric]
+                    ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=method)
+            ax.set_title(f"{metric} {'↑' if higher_is_better(metric) else '↓'}", fontsize=9)
+            ax.set_xlabel("block (accumulated map after it)", fontsize=8)
+        for ax in list(axes.flat)[len(metrics) :]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="outside right center")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=130)
+        plt.close(fig)
+        write_bytes_atomic(path, buffer.getvalue())
+        return
+    ((method, single),) = curves.items()
     fig, ax = plt.subplots(figsize=(7.2, 3.6), constrained_layout=True)
-    for name, values in curves.items():
+    for name, values in single.items():
         arrow = "↑" if higher_is_better(name) else "↓"  # which way is better
         ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{name} {arrow}")
-    ax.set_xlabel("block (accumulated DAAM map after it)")
+    ax.set_xlabel(f"block (accumulated {method} map after it)")
     ax.set_ylabel("score")
-    ax.set_title("DAAM quality block by block")
+    ax.set_title(f"{method} quality block by block")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # never over a curve
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)

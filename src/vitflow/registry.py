@@ -84,7 +84,8 @@ def register_method(name: str, *, pattern: bool = False, **info: Any) -> Callabl
     (see :class:`vitflow.baselines.inputs.MethodInputs`). ``info``: ``input_grad=True`` when it
     reads ``inputs.trace.input_grad``; ``full_attention=True`` when it propagates token-to-token
     attention through every block (not defined for class-attention models such as CaiT);
-    ``display`` names a pattern in listings."""
+    ``flow=True`` when it returns its attention flow ``(B, L, h, w)`` instead, the map after every
+    block (the method's map is the last); ``display`` names a pattern in listings."""
     return METHODS.register(name, pattern=pattern, **info)
 
 

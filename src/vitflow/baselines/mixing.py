@@ -95,21 +95,21 @@ def _trace_geometry(inputs: MethodInputs) -> tuple[int, tuple[int, int]]:
     return inputs.trace.prefix_tokens, inputs.trace.grid
 
 
-@register_method("daam_rollout", full_attention=True)
+@register_method("daam_rollout", full_attention=True, flow=True)
 def daam_rollout(inputs: MethodInputs) -> torch.Tensor:
     """Mixing-aware DAAM: each block's relevance carried to the input patches by attention rollout."""
     prefix, grid = _trace_geometry(inputs)
-    return mixed_block_maps(inputs.daam.relevance, rollout_mixing(inputs.trace), prefix, grid).sum(dim=1)
+    return mixed_block_maps(inputs.daam.relevance, rollout_mixing(inputs.trace), prefix, grid).cumsum(dim=1)
 
 
-@register_method("daam_generic", full_attention=True)
+@register_method("daam_generic", full_attention=True, flow=True)
 def daam_generic(inputs: MethodInputs) -> torch.Tensor:
     """Mixing-aware DAAM: each block's relevance carried by generic attention's propagation."""
     prefix, grid = _trace_geometry(inputs)
-    return mixed_block_maps(inputs.daam.relevance, generic_mixing(inputs.trace), prefix, grid).sum(dim=1)
+    return mixed_block_maps(inputs.daam.relevance, generic_mixing(inputs.trace), prefix, grid).cumsum(dim=1)
 
 
-@register_method("daam_concentration")
+@register_method("daam_concentration", flow=True)
 def daam_concentration(inputs: MethodInputs) -> torch.Tensor:
     """DAAM with each block map weighted by its own concentration (label-free)."""
-    return concentration_weighted(inputs.daam.block_maps)[:, -1]
+    return concentration_weighted(inputs.daam.block_maps)

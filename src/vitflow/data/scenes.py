@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,29 +275,36 @@ def write_scenes(out: str | os.PathLike, n: int, seed: int = 0, size: int = 224,
     For two-object scenes the image goes in the folder of its first object's class; the manifest
     lists both objects.
     """
+    scenes = (generate_scene(seed, index, size, objects) for index in range(n))
+    meta = {"generator": "vitflow.data.scenes", "seed": seed, "size": size, "objects_per_scene": objects}
+    return write_scene_folder(out, scenes, n, list(CLASS_NAMES), meta)
+
+
+def write_scene_folder(
+    out: str | os.PathLike, scenes: Iterable[Scene], n: int, classes: list[str], meta: dict
+) -> dict:
+    """Write ``n`` scenes from ``scenes`` in the layout of :func:`write_scenes` (which
+    ``vitflow evaluate --data`` reads), with ``classes`` naming the labels and ``meta`` recorded in
+    the manifest; any scene source (synthetic or photographs with pasted objects) can use it."""
     from vitflow.files import write_json_atomic
 
     out = Path(out)
     entries = []
     width = max(6, len(str(n)))
-    for index in range(n):
-        scene = generate_scene(seed, index, size, objects)
+    for index, scene in zip(range(n), scenes, strict=False):
         name = f"scene_{index:0{width}d}"
-        image_path = Path("images") / CLASS_NAMES[scene.label] / f"{name}.png"
+        image_path = Path("images") / classes[scene.label] / f"{name}.png"
         _save_png_atomic(scene.image, out / image_path)
         listed = []
         for k, (mask, label, box) in enumerate(zip(scene.masks, scene.labels, scene.boxes, strict=True)):
             mask_path = Path("masks") / f"{name}_{k}.png"
             _save_png_atomic(mask.astype(np.uint8) * 255, out / mask_path)
-            listed.append({"label": int(label), "class": CLASS_NAMES[label], "box": box.tolist(),
+            listed.append({"label": int(label), "class": classes[label], "box": box.tolist(),
                            "mask": mask_path.as_posix()})  # fmt: skip
         entries.append({"id": name, "image": image_path.as_posix(), "objects": listed})
     manifest = {
-        "generator": "vitflow.data.scenes",
-        "seed": seed,
-        "size": size,
-        "objects_per_scene": objects,
-        "classes": list(CLASS_NAMES),
+        **meta,
+        "classes": list(classes),
         "box_format": "x0, y0, x1, y1 in pixels, x1 and y1 exclusive",
         "scenes": entries,
     }
