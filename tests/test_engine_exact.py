@@ -155,3 +155,29 @@ def test_bfloat16_model_and_autocast_give_float32_maps_close_to_float64_referenc
         assert relative_error(result.block_maps.double(), ref.block_maps) <= 5e-2
         assert (correlation(result.maps[:, -1], ref.block_maps.sum(1)) >= 0.99).all()
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+
+
+def test_all_blocks_at_once_equals_block_by_block():
+    """The stacked computation the engine uses when every block is alike equals the per-block
+    formulas (method.md sections 1-3), in float64, for both coefficient transforms."""
+    from vitflow.core.daam import (
+        class_token_output,
+        class_token_outputs,
+        token_relevance,
+        token_relevance_all_blocks,
+    )
+
+    torch.manual_seed(0)
+    blocks, batch, heads, tokens, dim = 4, 3, 2, 7, 5
+    rows = [torch.rand(batch, heads, tokens, dtype=torch.float64).softmax(-1) for _ in range(blocks)]
+    values = [torch.randn(batch, heads, tokens, dim, dtype=torch.float64) for _ in range(blocks)]
+    coefficients = [torch.randn(batch, heads * dim, dtype=torch.float64) for _ in range(blocks)]
+    for rho in ("relu", "identity"):
+        stacked = token_relevance_all_blocks(rows, values, coefficients, rho)
+        assert stacked.shape == (batch, blocks, tokens)
+        for b in range(blocks):
+            expected = token_relevance(rows[b], values[b], coefficients[b], rho)
+            torch.testing.assert_close(stacked[:, b], expected, rtol=1e-12, atol=1e-12)
+    outputs = class_token_outputs(rows, values)
+    for b in range(blocks):
+        torch.testing.assert_close(outputs[b], class_token_output(rows[b], values[b]), rtol=1e-12, atol=1e-12)

@@ -19,12 +19,18 @@ import torch
 from torch import nn
 
 from vitflow.adapters import Adapter, BlockRecord, GridSpec, resolve_adapter
-from vitflow.core.daam import class_token_output
+from vitflow.core.daam import class_token_output, class_token_outputs
 from vitflow.targets import Target, TargetScores, as_target
 
 # Largest relative error allowed between the model's [class] attention output and the sum of the
 # token contributions rebuilt from the captured q, k, v. A wrong capture is off by O(1).
 _IDENTITY_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 6e-2}
+
+
+def _relative_error(rebuilt: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``(..., C)`` -> ``(...)``: the largest absolute difference over the channels, relative to the
+    reference's largest magnitude."""
+    return (rebuilt - reference).abs().amax(dim=-1) / reference.abs().amax(dim=-1).clamp_min(1e-12)
 
 
 class DecompositionError(RuntimeError):
@@ -81,6 +87,7 @@ class Capture:
             family = self.adapter.family
             raise ValueError(f"{self.model_name}: the {family} adapter found no attention blocks")
         self.records = [record_type(index=i, scale=site.scale) for i, site in enumerate(sites)]
+        self.uniform = False  # set by each pass's check: every block's records alike
         self._handles: list = []
         try:
             for site, record in zip(sites, self.records, strict=True):
@@ -164,7 +171,6 @@ class Capture:
     def _check_records(self, batch: int) -> None:
         """The decomposition identity for every block: the token contributions rebuilt from the
         captured q, k, v sum to the model's own [class] attention output."""
-        errors = []
         for record in self.records:
             if record.attn_row is None or record.v is None or record.output is None:
                 raise DecompositionError(
@@ -174,19 +180,46 @@ class Capture:
                     f"{'ok' if record.output is not None else 'missing'}); the {self.adapter.family} "
                     "adapter's hooks do not match this model's forward"
                 )
-            model_output = record.output[:, 0].detach()
-            work = record.attn_row.dtype
-            rebuilt = record.comparable(class_token_output(record.attn_row, record.v.to(work)))
-            if rebuilt.shape != model_output.shape or rebuilt.shape[0] != batch:
+        first = self.records[0]
+        assert first.attn_row is not None and first.v is not None and first.output is not None
+        # every block alike (the usual case): the check, and DAAM's maps after the backward pass, are
+        # a few operations over the stacked blocks instead of a few per block
+        self.uniform = all(
+            r.out_weight is None
+            and r.attn_row.shape == first.attn_row.shape  # type: ignore[union-attr]
+            and r.attn_row.dtype == first.attn_row.dtype  # type: ignore[union-attr]
+            and r.v.shape == first.v.shape  # type: ignore[union-attr]
+            and r.output.shape == first.output.shape  # type: ignore[union-attr]
+            for r in self.records
+        )
+        rows = [r.attn_row for r in self.records]
+        values = [r.v for r in self.records]
+        outputs = [r.output[:, 0].detach() for r in self.records]  # type: ignore[index]
+        if self.uniform:
+            rebuilt = class_token_outputs(rows, values)  # type: ignore[arg-type]
+        else:
+            rebuilt = [
+                r.comparable(class_token_output(a, v.to(a.dtype)))  # type: ignore[union-attr]
+                for r, a, v in zip(self.records, rows, values, strict=True)
+            ]
+        for record, mine, model_output in zip(self.records, rebuilt, outputs, strict=True):
+            if mine.shape != model_output.shape or mine.shape[0] != batch:
                 raise DecompositionError(
                     f"{self.model_name}: block {record.index}: rebuilt [class] output has shape "
-                    f"{tuple(rebuilt.shape)}, the model's has {tuple(model_output.shape)}"
+                    f"{tuple(mine.shape)}, the model's has {tuple(model_output.shape)}"
                 )
-            reference = model_output.to(work)
-            error = (rebuilt - reference).abs().amax(dim=1) / reference.abs().amax(dim=1).clamp_min(1e-12)
-            errors.append(error.max())
+        if self.uniform:
+            reference = torch.stack(outputs).to(rebuilt.dtype)  # type: ignore[union-attr]
+            worst_per_block = _relative_error(rebuilt, reference).amax(dim=1)  # type: ignore[arg-type]
+        else:
+            worst_per_block = torch.stack(
+                [
+                    _relative_error(mine, out.to(mine.dtype)).max()
+                    for mine, out in zip(rebuilt, outputs, strict=True)
+                ]
+            )
         # one device-to-host copy for all blocks (a sync per block costs more than the check on a GPU)
-        for record, worst in zip(self.records, torch.stack(errors).tolist(), strict=True):
+        for record, worst in zip(self.records, worst_per_block.tolist(), strict=True):
             tolerance = _IDENTITY_TOLERANCE.get(record.v.dtype, 1e-3) if record.v is not None else 1e-3
             if not worst <= tolerance:
                 raise DecompositionError(

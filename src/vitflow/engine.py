@@ -14,7 +14,7 @@ from torch import nn
 
 from vitflow.adapters import Adapter, GridSpec
 from vitflow.capture import Capture, DecompositionError
-from vitflow.core.daam import Rho, accumulate, block_map, token_relevance
+from vitflow.core.daam import Rho, accumulate, block_map, token_relevance, token_relevance_all_blocks
 from vitflow.result import DAAMResult
 from vitflow.targets import TargetScores
 
@@ -99,14 +99,22 @@ class DAAM:
     def _result(self, x: torch.Tensor, logits: torch.Tensor, scored: TargetScores, rho: Rho) -> DAAMResult:
         prefix = self.adapter.prefix_tokens()
         grid = self.adapter.grid((x.shape[-2], x.shape[-1]))
-        per_block = []
+        records = self._capture.records
+        rows = [r.attn_row for r in records]
+        values = [r.v for r in records]
+        coefficients = [r.coefficients for r in records]
         # Maps are made in at least float32, also when the caller runs the model under autocast.
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            for record in self._capture.records:
-                row, v, coefficients = record.attn_row, record.v, record.coefficients
-                assert row is not None and v is not None and coefficients is not None  # the capture checked
-                per_block.append(token_relevance(row, v.to(row.dtype), coefficients.to(row.dtype), rho))
-            relevance = torch.stack(per_block, dim=1)  # b l n
+            if self._capture.uniform:  # the usual case: every block alike, a few kernels in all
+                relevance = token_relevance_all_blocks(rows, values, coefficients, rho)  # b l n
+            else:
+                relevance = torch.stack(
+                    [
+                        token_relevance(a, v.to(a.dtype), c.to(a.dtype), rho)
+                        for a, v, c in zip(rows, values, coefficients, strict=True)
+                    ],
+                    dim=1,
+                )
             block_maps = block_map(relevance, prefix, grid)
             maps = accumulate(block_maps, self.normalize_blocks, self.start_block)
         return DAAMResult(

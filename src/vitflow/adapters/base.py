@@ -119,8 +119,13 @@ class BlockRecord:
             raise RecordError(f"block {self.index} ran twice in one forward pass")
         # At least float32 and outside any autocast the caller runs the model in: the row is what
         # the maps are made of, so they come out in float32 whatever precision the model runs in.
-        with torch.no_grad(), torch.autocast(k.device.type, enabled=False):
-            work = torch.promote_types(k.dtype, torch.float32)
+        # (q and k are detached: no graph is recorded. The autocast guard is entered only when
+        # autocast is on: entering it costs more than the row on a GPU at batch 1.)
+        work = torch.promote_types(k.dtype, torch.float32)
+        if torch.is_autocast_enabled(k.device.type):
+            with torch.autocast(k.device.type, enabled=False):
+                self.attn_row = class_attention_row(self.q_cls.to(work), k.to(work), self.scale)
+        else:
             self.attn_row = class_attention_row(self.q_cls.to(work), k.to(work), self.scale)
         self._k = None
 

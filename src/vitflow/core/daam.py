@@ -7,6 +7,7 @@ No hooks, no I/O, no knowledge of model families. Dimension names used in shapes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -84,6 +85,35 @@ def token_relevance(
     weights = apply_rho(coefficients, rho).reshape(batch, heads, head_dim)
     value_scores = torch.einsum("bhnd,bhd->bhn", v, weights)
     return (attn_row * value_scores).sum(dim=1)
+
+
+def token_relevance_all_blocks(
+    attn_rows: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+    coefficients: Sequence[torch.Tensor],
+    rho: Rho = "relu",
+) -> torch.Tensor:
+    """:func:`token_relevance` of every block at once, ``(B, L, N)``: one contraction per block (it
+    reads that block's values) and the rest as single operations over the stacked blocks, so a
+    call costs a few kernels instead of a few per block (what a short GPU step cannot hide).
+
+    Args:
+        attn_rows: per block ``(B, H, N)``; values: per block ``(B, H, N, d)``; coefficients: per
+            block ``(B, C)``. Every block has the same shapes.
+    """
+    rows = torch.stack(list(attn_rows))  # l b h n
+    weights = apply_rho(torch.stack(list(coefficients)).to(rows.dtype), rho)  # l b c
+    blocks, batch, heads, _ = rows.shape
+    weights = weights.reshape(blocks, batch, heads, -1)
+    scores = torch.stack(
+        [torch.einsum("bhnd,bhd->bhn", v.to(rows.dtype), w) for v, w in zip(values, weights, strict=True)]
+    )
+    return (rows * scores).sum(dim=2).transpose(0, 1)
+
+
+def class_token_outputs(attn_rows: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """:func:`class_token_output` of every block, stacked: ``(L, B, C)``."""
+    return torch.stack([class_token_output(a, v.to(a.dtype)) for a, v in zip(attn_rows, values, strict=True)])
 
 
 def block_map(relevance: torch.Tensor, prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
