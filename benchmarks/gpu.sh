@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one run: the CUDA tests (fused attention kernels, half
 # precision, other families, baselines, the k-NN bank on the GPU), the overhead and memory-bank
-# benchmarks on the GPU, and `vitflow evaluate` on the 1000 published scenes (throughput, and the
-# numbers to compare with the CPU run in the README).
+# benchmarks on the GPU, `vitflow evaluate` on the 1000 published scenes (throughput, and the
+# numbers to compare with the CPU run in the README), the pipeline benchmark, and the real-weights
+# variants study.
 #
-#   bash benchmarks/gpu.sh OUTDIR [PART...]     # parts: tests overhead bank evaluate (default: all)
+#   bash benchmarks/gpu.sh OUTDIR [PART...]  # parts: tests overhead bank evaluate pipeline study
+#                                            # (default: tests overhead bank evaluate)
 #
-# Writes OUTDIR/{cuda_tests,overhead,bank,evaluate}.log and OUTDIR/eval/ (results.json, results.md,
-# per_block.png, records.jsonl).
+# overhead: deit_small at batch 1 and 8 (the per-call fixed cost) and vit_base at batch 32; with
+# OLD_SRC=path/to/an/earlier/src, the same runs of that code first, side by side on one machine.
+# study: REAL_STUDY=folder holding model.safetensors from benchmarks/real_study.py (the scenes are
+# written here), then benchmarks/variants_study.sh and variants_summary.py on the GPU.
+#
+# Writes OUTDIR/{cuda_tests,overhead,bank,evaluate,pipeline,study}.log and OUTDIR/eval/ (results.json,
+# results.md, per_block.png, records.jsonl).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUTDIR [tests] [overhead] [bank] [evaluate]}
 shift
@@ -31,8 +38,13 @@ want tests && {
 } 2>&1 | tee "$out/cuda_tests.log"
 
 want overhead && {
-  $python benchmarks/overhead.py --device cuda
-  $python benchmarks/overhead.py --device cuda --model vit_base_patch16_224 --batch 32
+  for code in ${OLD_SRC:+"$OLD_SRC"} src; do
+    echo "### code: $code"
+    for batch in 1 8; do
+      PYTHONPATH=$code timeout 150 $python benchmarks/overhead.py --device cuda --batch $batch --repeats 30
+    done
+    PYTHONPATH=$code timeout 150 $python benchmarks/overhead.py --device cuda --model vit_base_patch16_224 --batch 32
+  done
 } 2>&1 | tee "$out/overhead.log"
 
 want bank && $python benchmarks/bank.py --device cuda 2>&1 | tee "$out/bank.log"
@@ -58,4 +70,23 @@ EOF
     --device cuda --quiet
   echo "evaluate exit $? after $(( $(date +%s) - start )) s, $(wc -l < "$out/eval/records.jsonl") records"
 } 2>&1 | tee "$out/evaluate.log"
+want pipeline && timeout "${PIPELINE_TIMEOUT:-120}" $python benchmarks/pipeline.py \
+  --model deit_small_patch16_224 --device cuda --images 256 --batch 32 2>&1 | tee "$out/pipeline.log"
+
+want study && {
+  study=${REAL_STUDY:?study needs REAL_STUDY=folder with model.safetensors}
+  start=$(date +%s)
+  $python benchmarks/real_study.py "$study" --scenes-only
+  args=(--model vit_small_patch14_dinov2 --checkpoint "$study/model.safetensors")
+  VITFLOW="$python -m vitflow" timeout "${STUDY_TIMEOUT:-420}" \
+    bash benchmarks/variants_study.sh "$study" "${args[@]}" --device cuda --batch-size 64
+  echo "variants_study exit $? after $(( $(date +%s) - start )) s"
+  timeout 150 $python benchmarks/variants_summary.py "$study" "${args[@]}" --device cuda
+  mkdir -p "$out/study"
+  for run in eval_select eval_heldout eval_two; do
+    for f in results.json results.md sanity.json per_block.png; do
+      [ -f "$study/$run/$f" ] && cp "$study/$run/$f" "$out/study/${run}_$f"
+    done
+  done
+} 2>&1 | tee "$out/study.log"
 rm -rf "$scratch"

@@ -112,18 +112,22 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=400)
     parser.add_argument("--two", type=int, default=200)
     parser.add_argument("--scenes-only", action="store_true", help="write the scenes, not the model")
+    parser.add_argument("--model-only", action="store_true", help="write the model, not the scenes")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     info = {}
     if not args.scenes_only:
         info["head"] = fit_model(args.out, args.train, args.validation)
         print("head:", info["head"], flush=True)
-    for name, seed, n, objects in (("select", 5, args.select, 1), ("heldout", 11, args.heldout, 1),
-                                   ("heldout2", 11, args.two, 2)):  # fmt: skip
+    splits = () if args.model_only else (("select", 5, args.select, 1), ("heldout", 11, args.heldout, 1),
+                                         ("heldout2", 11, args.two, 2))  # fmt: skip
+    for name, seed, n, objects in splits:
         pixels = write_split(args.out / name, seed, n, objects)
         info[name] = {"seed": seed, "n": n, "objects": objects, "pixels": pixels}
         print(name, info[name], flush=True)
-    (args.out / "study.json").write_text(json.dumps(info, indent=2))
+    record = args.out / "study.json"
+    earlier = json.loads(record.read_text()) if record.exists() else {}
+    record.write_text(json.dumps({**earlier, **info}, indent=2))
 
 
 if __name__ == "__main__":

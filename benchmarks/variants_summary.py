@@ -2,13 +2,19 @@
 table with class following and the sanity check, and each method's time beside DAAM's.
 
     python benchmarks/variants_summary.py runs/variants_study
+    python benchmarks/variants_summary.py runs/real_study --model vit_small_patch14_dinov2 \
+        --checkpoint runs/real_study/model.safetensors      # the real-weights study
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import resource
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,28 +36,103 @@ def _table(results: dict, methods: list[str], metrics: list[str]) -> list[str]:
     return rows
 
 
-def _timing(methods: list[str], repeats: int = 3) -> dict[str, float]:
+def _load(args):
+    from vitflow.models import LoadedModel, load_model
+
+    if args.model is None:
+        from vitflow.demo import load_demo_model
+
+        model, pre = load_demo_model()
+        return LoadedModel(model, pre, None, "demo")
+    return load_model(args.model, args.checkpoint)
+
+
+def _batch(args, loaded):
+    """The first ``--batch`` held-out scenes, preprocessed for the model, on the device."""
+    from vitflow.evaluation import read_items
+
+    items = read_items(args.root / "heldout")[: args.batch]
+    x = torch.stack([loaded.preprocessing(Image.open(i.path).convert("RGB")) for i in items])
+    return x.to(args.device), torch.tensor([i.target for i in items], device=args.device)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_child(args) -> None:
+    """One method once in this fresh process: print its peak memory growth (CPU: resident set
+    sampled every millisecond; CUDA: the allocator's peak)."""
     from vitflow.adapters import resolve_adapter
-    from vitflow.data.scenes import generate_scene
-    from vitflow.demo import load_demo_model
     from vitflow.evaluation import explain_all
 
-    model, pre = load_demo_model()
-    x = torch.stack([pre(Image.fromarray(generate_scene(11, i).image)) for i in range(32)])
-    target = torch.zeros(32, dtype=torch.long)
+    loaded = _load(args)
+    model = loaded.model.to(args.device)
+    x, target = _batch(args, loaded)
+    adapter = resolve_adapter(model)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        explain_all(adapter, x, target, [args.peak])
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        before, samples, done = _rss(), [], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                samples.append(_rss())
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        explain_all(adapter, x, target, [args.peak])
+        done.set()
+        sampler.join()
+        peak = max([*samples, _rss()]) - before
+    print(json.dumps({"peak_bytes": peak}))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def _cost(args, methods: list[str], repeats: int = 3) -> dict[str, tuple[float, int]]:
+    """Each method's median time for one batch (the attention trace included where used) and its
+    peak memory, measured in a fresh process per method."""
+    from vitflow.adapters import resolve_adapter
+    from vitflow.evaluation import explain_all
+
+    loaded = _load(args)
+    model = loaded.model.to(args.device)
+    x, target = _batch(args, loaded)
     adapter = resolve_adapter(model)
     out = {}
     for m in methods:
+        explain_all(adapter, x, target, [m])  # warm-up
         times = []
         for _ in range(repeats):
+            _sync(args.device)
             start = time.perf_counter()
             explain_all(adapter, x, target, [m])
+            _sync(args.device)
             times.append(time.perf_counter() - start)
-        out[m] = statistics.median(times)
+        command = [sys.executable, __file__, str(args.root), "--peak", m, "--device", args.device,
+                   "--batch", str(args.batch)]  # fmt: skip
+        if args.model:
+            command += ["--model", args.model] + (
+                ["--checkpoint", str(args.checkpoint)] if args.checkpoint else []
+            )
+        peak = json.loads(
+            subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+        )
+        out[m] = (statistics.median(times), peak["peak_bytes"])
     return out
 
 
-def main(root: Path) -> None:
+def main(args) -> None:
+    root = args.root
     select = json.loads((root / "eval_select" / "results.json").read_text())
     held = json.loads((root / "eval_heldout" / "results.json").read_text())
     two = json.loads((root / "eval_two" / "results.json").read_text())
@@ -73,6 +154,18 @@ def main(root: Path) -> None:
         cells += [f"{two['methods'][m]['pointing_game']:.3f}", f"{two['methods'][m]['energy']:.3f}"]
         cells += [f"{sanity[m][0]:.3f}", f"{sanity[m][-1]:.3f}"]
         print(f"| {m} | " + " | ".join(cells) + " |")
+    print("\n## Per block, held-out (the accumulated map after each block)\n")
+    curves = held.get("per_block", {})
+    for metric in ("pointing_game", "energy"):
+        present = [m for m in curves if metric in curves[m]]
+        if not present:
+            continue
+        blocks = len(curves[present[0]][metric])
+        print(f"{metric}:\n\n| method | " + " | ".join(str(b) for b in range(1, blocks + 1)) + " |")
+        print("|---|" + "---:|" * blocks)
+        for m in present:
+            print(f"| {m} | " + " | ".join(f"{v:.2f}" for v in curves[m][metric]) + " |")
+        print()
     print("\n## The criterion: beats every shipped baseline on at least 3 of the 4, on the held-out split\n")
     for v in VARIANTS:
         wins = []
@@ -86,11 +179,29 @@ def main(root: Path) -> None:
               f"two-object pointing {'>=' if follows else '<'} DAAM's; "
               f"sanity after all blocks randomised {sanity[v][-1]:.3f} (DAAM {sanity['daam'][-1]:.3f}, "
               f"rollout {sanity['rollout'][-1]:.3f})")  # fmt: skip
-    timing = _timing(["daam", *VARIANTS, "generic_attention", "rollout"])
-    print("\n## Time for 32 scenes (CPU, median of 3; the attention trace included where used)\n")
-    for m, t in timing.items():
-        print(f"- {m}: {t * 1000:.0f} ms ({t / timing['daam']:.2f}x DAAM)")
+    cost = _cost(args, ["daam", *VARIANTS, "generic_attention", "rollout"])
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(
+        f"\n## Cost for {args.batch} scenes ({where}; median of 3, the attention trace included where used)\n"
+    )
+    print("| method | time | × DAAM | peak memory | × DAAM |")
+    print("|---|---:|---:|---:|---:|")
+    for m, (t, peak) in cost.items():
+        base_t, base_peak = cost["daam"]
+        ratio = peak / max(base_peak, 1)
+        print(f"| {m} | {t * 1000:.0f} ms | {t / base_t:.2f} | {peak / 2**20:.0f} MiB | {ratio:.2f} |")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/variants_study"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, nargs="?", default=Path("runs/variants_study"))
+    parser.add_argument("--model", help="the study's model (default: the demo ViT)")
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--peak", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.peak:
+        _peak_child(arguments)
+    else:
+        main(arguments)
