@@ -30,22 +30,41 @@ want evaluate && {
    echo $? > "$scratch/scenes.rc") &
 }
 
-want tests && {
+want study && {  # the study's scenes (CPU) are written while the GPU runs the benchmarks
+  study=${REAL_STUDY:?study needs REAL_STUDY=folder with model.safetensors}
+  ($python benchmarks/real_study.py "$study" --scenes-only --heldout "${HELDOUT:-400}" --two "${TWO:-200}" \
+     > "$scratch/study_scenes.log" 2>&1; echo $? > "$scratch/study_scenes.rc") &
+}
+
+run_tests() {
   nvidia-smi -L
   $python -c "import torch, timm, transformers; print('torch', torch.__version__, 'timm', timm.__version__, 'transformers', transformers.__version__)"
   $python -m pytest -q -s -rs -p no:cacheprovider tests/test_cuda.py \
     "tests/test_knn.py::test_bank_moves_to_a_cuda_device_with_room_and_gives_the_same_weights"
-} 2>&1 | tee "$out/cuda_tests.log"
+}
 
 want overhead && {
+  # the earlier code first (times only), then this code, on the same warm machine
   for code in ${OLD_SRC:+"$OLD_SRC"} src; do
     echo "### code: $code"
+    memory=$([ "$code" = src ] || echo --no-memory)
     for batch in 1 8; do
-      PYTHONPATH=$code timeout 150 $python benchmarks/overhead.py --device cuda --batch $batch --repeats 30
+      PYTHONPATH=$code timeout 100 $python benchmarks/overhead.py --device cuda --batch $batch --repeats 30 $memory
     done
-    PYTHONPATH=$code timeout 150 $python benchmarks/overhead.py --device cuda --model vit_base_patch16_224 --batch 32
   done
+  PYTHONPATH=src timeout 100 $python benchmarks/overhead.py --device cuda --model vit_base_patch16_224 --batch 32
+  PYTHONPATH=src timeout 60 $python benchmarks/profile_call.py --device cuda --batch 8 --rows 25
 } 2>&1 | tee "$out/overhead.log"
+
+tests_pid=
+if want tests; then  # beside the study when both run (after the timings, which need the GPU alone)
+  if want study; then
+    run_tests > "$out/cuda_tests.log" 2>&1 &
+    tests_pid=$!
+  else
+    run_tests 2>&1 | tee "$out/cuda_tests.log"
+  fi
+fi
 
 want bank && $python benchmarks/bank.py --device cuda 2>&1 | tee "$out/bank.log"
 
@@ -74,19 +93,16 @@ want pipeline && timeout "${PIPELINE_TIMEOUT:-120}" $python benchmarks/pipeline.
   --model deit_small_patch16_224 --device cuda --images 256 --batch 32 2>&1 | tee "$out/pipeline.log"
 
 want study && {
-  study=${REAL_STUDY:?study needs REAL_STUDY=folder with model.safetensors}
+  while [ ! -f "$scratch/study_scenes.rc" ]; do sleep 1; done
+  cat "$scratch/study_scenes.log"
   start=$(date +%s)
-  $python benchmarks/real_study.py "$study" --scenes-only
   args=(--model vit_small_patch14_dinov2 --checkpoint "$study/model.safetensors")
   VITFLOW="$python -m vitflow" timeout "${STUDY_TIMEOUT:-420}" \
     bash benchmarks/variants_study.sh "$study" "${args[@]}" --device cuda --batch-size 64
   echo "variants_study exit $? after $(( $(date +%s) - start )) s"
-  timeout 150 $python benchmarks/variants_summary.py "$study" "${args[@]}" --device cuda
-  mkdir -p "$out/study"
-  for run in eval_select eval_heldout eval_two; do
-    for f in results.json results.md sanity.json per_block.png; do
-      [ -f "$study/$run/$f" ] && cp "$study/$run/$f" "$out/study/${run}_$f"
-    done
-  done
+  timeout 100 $python benchmarks/variants_summary.py "$study" "${args[@]}" --device cuda
+  # one archive: results, sanity, per-block plots and records of the three runs
+  tar -czf "$out/study.tar.gz" -C "$study" --exclude=chunks eval_select eval_heldout eval_two study.json
 } 2>&1 | tee "$out/study.log"
+[ -n "$tests_pid" ] && wait "$tests_pid" && cat "$out/cuda_tests.log" | tail -5
 rm -rf "$scratch"

@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-memory", action="store_true", help="times only (no memory subprocesses)")
     parser.add_argument("--variant", choices=("daam", "baseline", "explicit"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -173,8 +174,11 @@ def main() -> None:
     daam.close()
     base, ours = statistics.median(base_times), statistics.median(daam_times)
     explicit = statistics.median(explicit_times)
-    base_mem, daam_mem = measure_memory(args, "baseline"), measure_memory(args, "daam")
-    explicit_mem = measure_memory(args, "explicit")
+    if args.no_memory:
+        base_mem = daam_mem = explicit_mem = float("nan")
+    else:
+        base_mem, daam_mem = measure_memory(args, "baseline"), measure_memory(args, "daam")
+        explicit_mem = measure_memory(args, "explicit")
 
     device_name = (
         torch.cuda.get_device_name()

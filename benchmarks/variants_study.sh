@@ -21,12 +21,31 @@ METRICS=pointing_game,energy,perturbation_pos,insertion
 [ -f "$OUT/select/boxes.json" ] || vitflow scenes --out "$OUT/select" --n 60 --seed 5 >/dev/null
 [ -f "$OUT/heldout/boxes.json" ] || vitflow scenes --out "$OUT/heldout" --n 100 --seed 11 >/dev/null
 [ -f "$OUT/heldout2/boxes.json" ] || vitflow scenes --out "$OUT/heldout2" --n 60 --seed 11 --objects 2 >/dev/null
-# 1. choose on the selection split: the variants and the strongest baseline
-vitflow evaluate --data "$OUT/select" --out "$OUT/eval_select" --methods "$VARIANTS,generic_attention" \
-    --metrics "$METRICS" --per-block-metrics "" --quiet "$@"
+# 1. choose on the selection split: the variants, DAAM accumulated from each later block K (FROM:
+#    the candidates, 2..L for a model of L blocks), and the strongest baseline
+FROM=${FROM:-2,3,4,5,6}
+CANDIDATES=$(echo "$FROM" | tr ',' '\n' | sed 's/^/daam_from_/' | paste -sd, -)
+vitflow evaluate --data "$OUT/select" --out "$OUT/eval_select" \
+    --methods "$VARIANTS,$CANDIDATES,generic_attention" --metrics "$METRICS" --per-block-metrics "" --quiet "$@"
+# the start block with the best mean rank over the four metrics on the selection split
+CHOSEN=$(${PYTHON:-python} - "$OUT/eval_select/results.json" "$CANDIDATES" <<'PY'
+import json, sys
+table = json.load(open(sys.argv[1]))["methods"]
+names = sys.argv[2].split(",")
+higher = {"pointing_game": True, "energy": True, "perturbation_pos": False, "insertion": True}
+rank = {n: 0.0 for n in names}
+for metric, up in higher.items():
+    for place, n in enumerate(sorted(names, key=lambda n: table[n][metric], reverse=up)):
+        rank[n] += place / len(higher)
+print(min(names, key=lambda n: (rank[n], names.index(n))))
+PY
+)
+echo "$CHOSEN" > "$OUT/chosen_start.txt"
+echo "chosen on the selection split: $CHOSEN"
+ALL=$(${PYTHON:-python} -c "from vitflow.evaluation import method_names; print(','.join(method_names()))")
 # 2. report on the held-out split: every method, every metric, the sanity check, the variants per block
-vitflow evaluate --data "$OUT/heldout" --out "$OUT/eval_heldout" --metrics "$METRICS" \
-    --per-block-metrics pointing_game,energy --per-block-methods "$VARIANTS" --sanity 20 --quiet "$@"
+vitflow evaluate --data "$OUT/heldout" --out "$OUT/eval_heldout" --methods "$ALL,$CHOSEN" --metrics "$METRICS" \
+    --per-block-metrics pointing_game,energy --per-block-methods "$VARIANTS,$CHOSEN" --sanity 20 --quiet "$@"
 # 3. class following: two objects per scene, each explained for its own class
-vitflow evaluate --data "$OUT/heldout2" --out "$OUT/eval_two" --metrics pointing_game,energy \
-    --per-block-metrics "" --quiet "$@"
+vitflow evaluate --data "$OUT/heldout2" --out "$OUT/eval_two" --methods "$ALL,$CHOSEN" \
+    --metrics pointing_game,energy --per-block-metrics "" --quiet "$@"

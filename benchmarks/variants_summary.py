@@ -133,6 +133,9 @@ def _cost(args, methods: list[str], repeats: int = 3) -> dict[str, tuple[float, 
 
 def main(args) -> None:
     root = args.root
+    chosen = root / "chosen_start.txt"
+    if chosen.exists():  # DAAM from the start block chosen on the selection split
+        VARIANTS.append(chosen.read_text().strip())
     select = json.loads((root / "eval_select" / "results.json").read_text())
     held = json.loads((root / "eval_heldout" / "results.json").read_text())
     two = json.loads((root / "eval_two" / "results.json").read_text())
@@ -140,7 +143,7 @@ def main(args) -> None:
         "spearman_after_top_k_randomised"
     ]
     print(f"## Selection split (stream seed 5, {select['items']} scenes)\n")
-    print("\n".join(_table(select, ["daam", *VARIANTS, "generic_attention"], FOUR)))
+    print("\n".join(_table(select, list(select["methods"]), FOUR)))
     methods = ["daam", *VARIANTS, "daam_last_block", "daam_block_norm", *BASELINES]
     print(
         f"\n## Held-out (stream seed 11, {held['items']} single-object scenes; "
