@@ -103,3 +103,49 @@ def test_two_object_scenes_always_find_room():
     for index in range(500):
         scene = generate_scene(3, index, size=64, objects=2)
         assert len(scene.labels) == 2 and not (scene.masks[0] & scene.masks[1]).any()
+
+
+def test_pasted_object_scenes_are_reproducible_with_exact_disjoint_masks(tmp_path):
+    """The real-weights study's scenes (objects cut from photographs, pasted on others): the same
+    pixels for the same seed, one mask per object that its box bounds, two objects never
+    overlapping, sizes as documented, and a folder ``evaluate`` reads back with the right classes."""
+    import realweights as rw
+
+    from vitflow.data.scenes import write_scene_folder
+    from vitflow.evaluation import load_mask, read_items
+
+    for objects, (low, high) in ((1, (0.38, 0.55)), (2, (0.30 * 0.9**3, 0.38))):
+        for index in range(6):
+            scene = rw.pasted_scene(11, index, objects)
+            again = rw.pasted_scene(11, index, objects)
+            assert np.array_equal(scene.image, again.image) and np.array_equal(scene.masks, again.masks)
+            assert scene.image.shape == (224, 224, 3) and scene.masks.shape == (objects, 224, 224)
+            assert len(set(scene.labels.tolist())) == objects
+            if objects == 2:
+                assert not (scene.masks[0] & scene.masks[1]).any()
+            for mask, (x0, y0, x1, y1) in zip(scene.masks, scene.boxes, strict=True):
+                ys, xs = np.nonzero(mask)
+                assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+                diameter = 2 * np.sqrt(mask.sum() / np.pi) / 224  # of the disc with the same area
+                assert low - 0.02 <= diameter <= high + 0.02, diameter
+    assert not np.array_equal(rw.pasted_scene(11, 0).image, rw.pasted_scene(5, 0).image)
+    scenes = [rw.pasted_scene(11, i, 2) for i in range(3)]
+    write_scene_folder(tmp_path, iter(scenes), 3, list(rw.STUDY_CLASSES), {"seed": 11})
+    items = read_items(tmp_path)
+    assert [i.target for i in items] == [int(label) for s in scenes for label in s.labels]
+    assert np.array_equal(load_mask(items[1].mask), scenes[0].masks[1])
+
+
+def test_pasted_object_scenes_have_the_pixels_the_published_study_used(tmp_path):
+    """benchmarks/results/real_study holds the digest of the scenes its numbers came from (the same
+    on the CPU here and on the GPU machine); a changed generator would silently change them."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import real_study
+
+    published = json.loads((root / "benchmarks" / "results" / "real_study" / "study.json").read_text())
+    split = published["select"]
+    assert real_study.write_split(tmp_path, split["seed"], split["n"], split["objects"]) == split["pixels"]
