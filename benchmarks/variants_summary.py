@@ -167,7 +167,8 @@ def main(args) -> None:
         print(f"{metric}:\n\n| method | " + " | ".join(str(b) for b in range(1, blocks + 1)) + " |")
         print("|---|" + "---:|" * blocks)
         for m in present:
-            print(f"| {m} | " + " | ".join(f"{v:.2f}" for v in curves[m][metric]) + " |")
+            cells = ["–" if v is None else f"{v:.2f}" for v in curves[m][metric]]
+            print(f"| {m} | " + " | ".join(cells) + " |")
         print()
     print("\n## The criterion: beats every shipped baseline on at least 3 of the 4, on the held-out split\n")
     for v in VARIANTS:

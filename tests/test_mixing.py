@@ -100,18 +100,26 @@ def test_evaluate_scores_every_variant_block_by_block(tmp_path, capsys):
     main(["scenes", "--out", str(tmp_path / "s"), "--n", "6", "--seed", "4"])
     args = ["evaluate", "--data", str(tmp_path / "s"), "--metrics", "pointing_game,energy",
             "--per-block-metrics", "pointing_game,energy", "--batch-size", "4", "--quiet"]  # fmt: skip
-    methods = "daam,daam_rollout,daam_concentration,raw_attention"
+    methods = "daam,daam_rollout,daam_concentration,daam_from_3,raw_attention"
+    flows = {"daam", "daam_rollout", "daam_concentration", "daam_from_3"}
     code = main([*args, "--out", str(tmp_path / "e"), "--methods", methods,
-                 "--per-block-methods", "daam,daam_rollout,daam_concentration"])  # fmt: skip
+                 "--per-block-methods", ",".join(sorted(flows))])  # fmt: skip
     assert code == 0
     records = [json.loads(line) for line in (tmp_path / "e" / "records.jsonl").read_text().splitlines()]
     for r in records:
-        assert set(r["per_block"]) == {"daam", "daam_rollout", "daam_concentration"}
+        assert set(r["per_block"]) == flows
         for m, blocks in r["per_block"].items():
             assert len(blocks) == 6  # the demo ViT's blocks
             assert blocks[-1]["energy"] == pytest.approx(r["scores"][m]["energy"], abs=1e-9)
+        # before block 3 daam_from_3 has accumulated nothing: no score, not a zero
+        assert [blocks["energy"] for blocks in r["per_block"]["daam_from_3"][:2]] == [None, None]
+        assert r["per_block"]["daam_from_3"][2]["energy"] is not None
     summary = json.loads((tmp_path / "e" / "results.json").read_text())
-    assert set(summary["per_block"]) == {"daam", "daam_rollout", "daam_concentration"}
+    assert set(summary["per_block"]) == flows
+    assert summary["per_block"]["daam_from_3"]["energy"][:2] == [None, None]
+    assert summary["per_block"]["daam_from_3"]["energy"][-1] == pytest.approx(
+        summary["methods"]["daam_from_3"]["energy"]
+    )
     assert summary["daam_per_block"] == summary["per_block"]["daam"]
     assert summary["per_block"]["daam_rollout"]["energy"] != summary["per_block"]["daam"]["energy"]
     assert (tmp_path / "e" / "per_block.png").stat().st_size > 10_000

@@ -373,7 +373,11 @@ def _score_batch(
     per_block = {}
     for m in per_block_methods if per_block_metrics else ():
         flow = maps[f"{m}/flow"]
-        per_block[m] = [score_maps(context, flow[:, b], per_block_metrics) for b in range(flow.shape[1])]
+        empty = (flow.flatten(2).abs().amax(dim=-1) == 0).cpu()  # (B, L): nothing accumulated yet
+        per_block[m] = []
+        for b in range(flow.shape[1]):
+            scored = score_maps(context, flow[:, b], per_block_metrics)
+            per_block[m].append({k: v.masked_fill(empty[:, b], math.nan) for k, v in scored.items()})
     return [
         {
             "item": item.name,
@@ -386,8 +390,9 @@ def _score_batch(
     ]
 
 
-def _item_scores(scores: dict[str, torch.Tensor], i: int) -> dict[str, float]:
-    return {k: float(v[i]) for k, v in scores.items()}
+def _item_scores(scores: dict[str, torch.Tensor], i: int) -> dict[str, float | None]:
+    """One item's per-block scores; ``None`` where its map was empty (JSON has no NaN)."""
+    return {k: None if math.isnan(float(v[i])) else float(v[i]) for k, v in scores.items()}
 
 
 def _join_records(out: Path, ledger: Ledger, chunks: int, total: int) -> dict | None:
@@ -472,8 +477,8 @@ def sanity_check(
     return result
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
+def _mean(values: list[float | None]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
     return sum(finite) / len(finite) if finite else float("nan")
 
 
@@ -522,15 +527,22 @@ def _flow_names(records: list[dict]) -> list[str]:
     return names
 
 
-def _curves(per_item: list[list[dict]]) -> dict[str, list[float]]:
-    """``{metric: mean over items, block by block}`` from each item's per-block scores."""
+def _curves(per_item: list[list[dict]]) -> dict[str, list[float | None]]:
+    """``{metric: mean over items, block by block}`` from each item's per-block scores; an empty
+    map (nothing accumulated yet, as before ``daam_from_K``'s block K) is scored NaN and left out
+    of the mean, and a block with no map at all gets ``None``."""
     blocks = max((len(p) for p in per_item), default=0)
     keys = sorted({k for p in per_item for s in p for k in s})
-    return {k: [_mean([p[b][k] for p in per_item if len(p) > b and k in p[b]]) for b in range(blocks)]
-            for k in keys}  # fmt: skip
+    curves = {k: [_mean([p[b][k] for p in per_item if len(p) > b and k in p[b]]) for b in range(blocks)]
+              for k in keys}  # fmt: skip
+    return {k: [None if math.isnan(v) else v for v in values] for k, values in curves.items()}
 
 
-def _plot_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+def _nan(values: list[float | None]) -> list[float]:
+    return [math.nan if v is None else v for v in values]
+
+
+def _plot_curves(curves: dict[str, dict[str, list[float | None]]], path: Path) -> None:
     """``{method: {metric: curve}}``: one panel per metric, one line per method."""
     import io
 
@@ -549,7 +561,7 @@ def _plot_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
             for method, by_metric in curves.items():
                 if metric in by_metric:
                     values = by_metric[metric]
-                    ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=method)
+                    ax.plot(range(1, len(values) + 1), _nan(values), marker="o", markersize=3, label=method)
             ax.set_title(f"{metric} {'↑' if higher_is_better(metric) else '↓'}", fontsize=9)
             ax.set_xlabel("block (accumulated map after it)", fontsize=8)
         for ax in list(axes.flat)[len(metrics) :]:
@@ -565,7 +577,7 @@ def _plot_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.2, 3.6), constrained_layout=True)
     for name, values in single.items():
         arrow = "↑" if higher_is_better(name) else "↓"  # which way is better
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{name} {arrow}")
+        ax.plot(range(1, len(values) + 1), _nan(values), marker="o", label=f"{name} {arrow}")
     ax.set_xlabel(f"block (accumulated {method} map after it)")
     ax.set_ylabel("score")
     ax.set_title(f"{method} quality block by block")
