@@ -11,7 +11,7 @@ backward pass. DAAM (:mod:`vitflow.engine`) and the attention trace
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,6 +25,14 @@ from vitflow.targets import Target, TargetScores, as_target
 # Largest relative error allowed between the model's [class] attention output and the sum of the
 # token contributions rebuilt from the captured q, k, v. A wrong capture is off by O(1).
 _IDENTITY_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 6e-2}
+
+
+def present(tensors: Sequence[torch.Tensor | None], what: str) -> list[torch.Tensor]:
+    """``tensors`` when every block has one (what a checked pass guarantees), else an error."""
+    out = [t for t in tensors if t is not None]
+    if len(out) != len(tensors):
+        raise DecompositionError(f"{len(tensors) - len(out)} blocks have no {what} after the pass")
+    return out
 
 
 def _relative_error(rebuilt: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -180,26 +188,25 @@ class Capture:
                     f"{'ok' if record.output is not None else 'missing'}); the {self.adapter.family} "
                     "adapter's hooks do not match this model's forward"
                 )
-        first = self.records[0]
-        assert first.attn_row is not None and first.v is not None and first.output is not None
+        rows = present([r.attn_row for r in self.records], "attention row")
+        values = present([r.v for r in self.records], "values")
+        outputs = [o[:, 0].detach() for o in present([r.output for r in self.records], "output")]
         # every block alike (the usual case): the check, and DAAM's maps after the backward pass, are
         # a few operations over the stacked blocks instead of a few per block
         self.uniform = all(
             r.out_weight is None
-            and r.attn_row.shape == first.attn_row.shape  # type: ignore[union-attr]
-            and r.attn_row.dtype == first.attn_row.dtype  # type: ignore[union-attr]
-            and r.v.shape == first.v.shape  # type: ignore[union-attr]
-            and r.output.shape == first.output.shape  # type: ignore[union-attr]
-            for r in self.records
+            and a.shape == rows[0].shape
+            and a.dtype == rows[0].dtype
+            and v.shape == values[0].shape
+            and o.shape == outputs[0].shape
+            for r, a, v, o in zip(self.records, rows, values, outputs, strict=True)
         )
-        rows = [r.attn_row for r in self.records]
-        values = [r.v for r in self.records]
-        outputs = [r.output[:, 0].detach() for r in self.records]  # type: ignore[index]
+        rebuilt: torch.Tensor | list[torch.Tensor]
         if self.uniform:
-            rebuilt = class_token_outputs(rows, values)  # type: ignore[arg-type]
+            rebuilt = class_token_outputs(rows, values)
         else:
             rebuilt = [
-                r.comparable(class_token_output(a, v.to(a.dtype)))  # type: ignore[union-attr]
+                r.comparable(class_token_output(a, v.to(a.dtype)))
                 for r, a, v in zip(self.records, rows, values, strict=True)
             ]
         for record, mine, model_output in zip(self.records, rebuilt, outputs, strict=True):
@@ -208,9 +215,9 @@ class Capture:
                     f"{self.model_name}: block {record.index}: rebuilt [class] output has shape "
                     f"{tuple(mine.shape)}, the model's has {tuple(model_output.shape)}"
                 )
-        if self.uniform:
-            reference = torch.stack(outputs).to(rebuilt.dtype)  # type: ignore[union-attr]
-            worst_per_block = _relative_error(rebuilt, reference).amax(dim=1)  # type: ignore[arg-type]
+        if isinstance(rebuilt, torch.Tensor):
+            reference = torch.stack(outputs).to(rebuilt.dtype)
+            worst_per_block = _relative_error(rebuilt, reference).amax(dim=1)
         else:
             worst_per_block = torch.stack(
                 [

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vitflow.adapters import Adapter, GridSpec
-from vitflow.capture import Capture, DecompositionError
+from vitflow.capture import Capture, DecompositionError, present
 from vitflow.core.daam import Rho, accumulate, block_map, token_relevance, token_relevance_all_blocks
 from vitflow.result import DAAMResult
 from vitflow.targets import TargetScores
@@ -100,9 +100,9 @@ class DAAM:
         prefix = self.adapter.prefix_tokens()
         grid = self.adapter.grid((x.shape[-2], x.shape[-1]))
         records = self._capture.records
-        rows = [r.attn_row for r in records]
-        values = [r.v for r in records]
-        coefficients = [r.coefficients for r in records]
+        rows = present([r.attn_row for r in records], "attention row")
+        values = present([r.v for r in records], "values")
+        coefficients = present([r.coefficients for r in records], "coefficients")
         # Maps are made in at least float32, also when the caller runs the model under autocast.
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             if self._capture.uniform:  # the usual case: every block alike, a few kernels in all
