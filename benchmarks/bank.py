@@ -17,26 +17,24 @@ bank's own size for comparison.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from vitflow.cli import main as cli
-from vitflow.data.folders import list_image_folder
-from vitflow.demo import load_demo_model
-from vitflow.targets import KNNTarget, MemoryBank
-from vitflow.targets.bank_build import build_bank
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from memory import PeakMemory  # noqa: E402
 
-def rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
+from vitflow.cli import main as cli  # noqa: E402
+from vitflow.data.folders import list_image_folder  # noqa: E402
+from vitflow.demo import load_demo_model  # noqa: E402
+from vitflow.targets import KNNTarget, MemoryBank  # noqa: E402
+from vitflow.targets.bank_build import build_bank  # noqa: E402
 
 
 def random_bank(entries: int, dim: int, classes: int = 1000) -> MemoryBank:
@@ -75,33 +73,14 @@ def bench_query(bank: MemoryBank, batch: int, repeats: int, chunk: int, device: 
     queries = torch.randn(batch, bank.dim, device=device)
     target(queries)  # warm-up (on a GPU this copies the bank there)
     sync(device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        times = []
+    times = []
+    with PeakMemory(device) as peak:
         for _ in range(repeats):
             start = time.perf_counter()
             target(queries)
             sync(device)
             times.append(time.perf_counter() - start)
-        return statistics.median(times), torch.cuda.max_memory_allocated() - base
-    before, samples, done = rss(), [], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            samples.append(rss())
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        target(queries)
-        times.append(time.perf_counter() - start)
-    done.set()
-    sampler.join()
-    return statistics.median(times), max(samples + [rss()]) - before
+    return statistics.median(times), peak.bytes
 
 
 def bench_merge(bank: MemoryBank, chunk_rows: int) -> tuple[float, int, int]:
@@ -123,21 +102,11 @@ def bench_merge(bank: MemoryBank, chunk_rows: int) -> tuple[float, int, int]:
                                 bank.class_names)  # fmt: skip
 
         def measured(work):
-            before, samples, done = rss(), [], threading.Event()
-
-            def sample():
-                while not done.is_set():
-                    samples.append(rss())
-                    time.sleep(0.001)
-
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-            start = time.perf_counter()
-            result = work()
-            seconds = time.perf_counter() - start
-            done.set()
-            sampler.join()
-            return result, seconds, max(samples + [rss()]) - before
+            with PeakMemory("cpu") as peak:
+                start = time.perf_counter()
+                result = work()
+                seconds = time.perf_counter() - start
+            return result, seconds, peak.bytes
 
         out = Path(tmp) / "merged.bank"
         _, seconds, peak = measured(lambda: _merge_chunks(chunks, images, out, {"model": "random"}, {}))

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
+from pathlib import Path
 
 import timm
 import torch
 
-from vitflow import DAAM
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memory import PeakMemory  # noqa: E402
+
+from vitflow import DAAM  # noqa: E402
 
 
 def build(args):
@@ -89,11 +92,6 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
-
-
 def memory_child(args) -> None:
     """Run one variant once in this fresh process and print its peak memory growth."""
     model, x = build(args)
@@ -103,26 +101,9 @@ def memory_child(args) -> None:
         "baseline": lambda: baseline_step(model, x),
         "explicit": lambda: explicit_attention_step(model, x),
     }[args.variant]
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+    with PeakMemory(args.device) as peak:
         step()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:  # sample the resident set every millisecond while the step runs
-        before, samples, done = rss_bytes(), [], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                samples.append(rss_bytes())
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        step()
-        done.set()
-        sampler.join()
-        peak = max(samples + [rss_bytes()]) - before
-    print(json.dumps({"peak_bytes": peak}))
+    print(json.dumps({"peak_bytes": peak.bytes}))
 
 
 def measure_memory(args, variant: str) -> int:

@@ -120,8 +120,10 @@ def main() -> None:
     print(f"\nsplit of the main-thread run ({serial:.2f} s): decode + preprocess {t['read']:.2f} s, "
           f"model {t['model']:.2f} s, encode + write {t['write']:.2f} s, other {other:.2f} s")  # fmt: skip
     t = pooled_report.timings
-    print(f"with workers and writers ({pooled:.2f} s), main thread: waiting for decoded batches "
-          f"{t['read']:.2f} s, in the model {t['model']:.2f} s, waiting for the writers {t['write']:.2f} s")
+    print(
+        f"with workers and writers ({pooled:.2f} s), main thread: waiting for decoded batches "
+        f"{t['read']:.2f} s, in the model {t['model']:.2f} s, waiting for the writers {t['write']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from vitflow.baselines import baseline_names
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memory import PeakMemory  # noqa: E402
+
+from vitflow.baselines import baseline_names  # noqa: E402
 
 VARIANTS = ["daam_rollout", "daam_generic", "daam_concentration"]
 BASELINES = baseline_names()
@@ -71,31 +73,9 @@ def _peak_child(args) -> None:
     model = loaded.model.to(args.device)
     x, target = _batch(args, loaded)
     adapter = resolve_adapter(model)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+    with PeakMemory(args.device) as peak:
         explain_all(adapter, x, target, [args.peak])
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        before, samples, done = _rss(), [], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                samples.append(_rss())
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        explain_all(adapter, x, target, [args.peak])
-        done.set()
-        sampler.join()
-        peak = max([*samples, _rss()]) - before
-    print(json.dumps({"peak_bytes": peak}))
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
+    print(json.dumps({"peak_bytes": peak.bytes}))
 
 
 def _cost(args, methods: list[str], repeats: int = 3) -> dict[str, tuple[float, int]]:
