@@ -39,7 +39,7 @@ from vitflow.core.maps import upsample
 from vitflow.data.images import ImageLoadError, read_image
 from vitflow.data.loader import batches
 from vitflow.data.preprocess import Preprocessing
-from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
+from vitflow.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
 from vitflow.files import write_bytes_atomic, write_json_atomic
 from vitflow.metrics.localization import _average_precision
 
@@ -224,19 +224,18 @@ def evaluate_chefer(
     count = len(source.names) if limit is None else min(limit, len(source.names))
     pre = resize_preprocessing(preprocessing)
     black = (torch.zeros(3) - torch.tensor(pre.mean)) / torch.tensor(pre.std)
-    per_chunk = -(-chunk_items // batch_size)
-    plan = chunk_batches(count, batch_size, per_chunk)
-    state = {"protocol": "chefer", "model": model_identity(model), "batch_size": batch_size,
-             "chunk_batches": per_chunk, "methods": methods, "data": str(data)}  # fmt: skip
-    keys = chunk_keys(plan, lambda i: f"{source.names[i]}\t{source.labels[i]}")
-    ledger = Ledger(out / "chunks", state, keys, group, strict=True, what="evaluate --protocol chefer")
-    todo = ledger.todo(".json")
+    state = {"protocol": "chefer", "model": model_identity(model), "methods": methods, "data": str(data)}
+    run = ChunkedRun.open(
+        count, batch_size, chunk_items, out / "chunks", state,
+        lambda i: f"{source.names[i]}\t{source.labels[i]}", group,
+        strict=True, what="evaluate --protocol chefer", suffix=".json",
+    )  # fmt: skip
+    plan, ledger, todo = run.plan, run.ledger, run.todo
     if progress is not None:
-        progress.skip(sum(len(b) for c in set(range(len(plan))) - set(todo) for b in plan[c]))
-    mine = todo[group.rank :: group.world_size]
+        progress.skip(run.items_done())
     dataset = _Samples(source, pre)
     device = torch.device(device)
-    loaded = iter(batches(dataset, [list(b) for c in mine for b in plan[c]], workers, device.type == "cuda"))
+    loaded = iter(batches(dataset, run.my_batches(), workers, device.type == "cuda"))
     report = on_error or (lambda message: None)
 
     def run_chunk(chunk: int) -> int:

@@ -190,6 +190,43 @@ class Ledger:
                     stale.unlink()
 
 
+@dataclass
+class ChunkedRun:
+    """A run cut into chunks of whole batches (:func:`chunk_batches`; ``batches_per_chunk``), its
+    :class:`Ledger`, the chunks still to do (``todo``, the same on every rank) and this rank's
+    share of them (``mine``)."""
+
+    plan: list[list[range]]
+    ledger: Ledger
+    todo: list[int]
+    mine: list[int]
+    batches_per_chunk: int
+
+    @classmethod
+    def open(
+        cls, count: int, batch_size: int, chunk_items: int, folder: Path, state: dict,
+        describe_item: Callable[[int], str], group: Group, *, strict: bool, what: str, suffix: str,
+    ) -> ChunkedRun:  # fmt: skip
+        """``count`` items in batches of ``batch_size``, about ``chunk_items`` to a chunk (rounded
+        up to whole batches); ``state``: the run's settings besides the batching (a folder with
+        other settings: see :class:`Ledger`); finished chunks are files ``*suffix``."""
+        per_chunk = -(-chunk_items // batch_size)
+        plan = chunk_batches(count, batch_size, per_chunk)
+        state = {"batch_size": batch_size, "chunk_batches": per_chunk, **state}
+        ledger = Ledger(folder, state, chunk_keys(plan, describe_item), group, strict=strict, what=what)
+        todo = ledger.todo(suffix)
+        return cls(plan, ledger, todo, todo[group.rank :: group.world_size], per_chunk)
+
+    def items_done(self) -> int:
+        """Items in chunks an earlier run finished (for a progress bar)."""
+        left = set(self.todo)
+        return sum(len(b) for c in range(len(self.plan)) if c not in left for b in self.plan[c])
+
+    def my_batches(self) -> list[list[int]]:
+        """This rank's batches, as item indices, in the order it runs them."""
+        return [list(b) for c in self.mine for b in self.plan[c]]
+
+
 def run_chunks(
     group: Group,
     todo: Sequence[int],

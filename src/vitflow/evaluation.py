@@ -25,7 +25,7 @@ from vitflow.adapters import Adapter, resolve_adapter
 from vitflow.baselines import MethodInputs
 from vitflow.data.loader import ImageFiles, batches
 from vitflow.data.preprocess import Preprocessing
-from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
+from vitflow.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
 from vitflow.files import atomic_path, write_bytes_atomic, write_json_atomic
 from vitflow.mapfiles import SavedMaps
 from vitflow.metrics import ScoringContext, cascading_randomization
@@ -283,20 +283,19 @@ def evaluate(
     methods, notes = applicable_methods(adapter, methods)
     per_block_methods = [m for m in per_block_methods if m in methods]  # applicable to this model
     lookup = _saved_lookup(saved, items) if saved is not None else None
-    per_chunk = -(-chunk_items // batch_size)
-    plan = chunk_batches(len(items), batch_size, per_chunk)
     state = {
-        "model": model_identity(model), "batch_size": batch_size, "chunk_batches": per_chunk,
-        "methods": methods + (["saved"] if saved is not None else []), "metrics": metrics,
-        "per_block_metrics": per_block_metrics, "per_block_methods": per_block_methods,
+        "model": model_identity(model), "methods": methods + (["saved"] if saved is not None else []),
+        "metrics": metrics, "per_block_metrics": per_block_metrics, "per_block_methods": per_block_methods,
     }  # fmt: skip
-    keys = chunk_keys(plan, lambda i: f"{items[i].name}\t{items[i].path}\t{items[i].target}")
-    ledger = Ledger(out / "chunks", state, keys, group, strict=True, what="evaluate")
-    todo = ledger.todo(".json")
+    run = ChunkedRun.open(
+        len(items), batch_size, chunk_items, out / "chunks", state,
+        lambda i: f"{items[i].name}\t{items[i].path}\t{items[i].target}", group,
+        strict=True, what="evaluate", suffix=".json",
+    )  # fmt: skip
+    plan, ledger, todo = run.plan, run.ledger, run.todo
     if progress is not None:
-        progress.skip(sum(len(b) for c in set(range(len(plan))) - set(todo) for b in plan[c]))
-    mine = todo[group.rank :: group.world_size]
-    inputs = iter(_batches(items, [list(b) for c in mine for b in plan[c]], preprocess, device, workers))
+        progress.skip(run.items_done())
+    inputs = iter(_batches(items, run.my_batches(), preprocess, device, workers))
     report = on_error or (lambda message: None)
 
     def evaluate_chunk(chunk: int) -> int:

@@ -28,7 +28,7 @@ from vitflow.bundle import RenderOptions, write_bundle
 from vitflow.data.images import MAX_PIXELS, collect_images, read_image
 from vitflow.data.loader import ImageFiles, batches, default_writers
 from vitflow.data.preprocess import Preprocessing
-from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
+from vitflow.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
 from vitflow.engine import DAAM
 from vitflow.files import write_bytes_atomic, write_json_atomic
 from vitflow.mapfiles import save_shard
@@ -215,28 +215,26 @@ def explain_files(
     if not jobs:
         return report
 
-    per_chunk = -(-chunk_images // batch_size)
-    plan = chunk_batches(len(jobs), batch_size, per_chunk)
     state = {
-        "batch_size": batch_size, "chunk_batches": per_chunk,
         "target": _target_key(target), "rho": rho, "normalize_blocks": normalize_blocks,
         "metadata": json.loads(json.dumps(metadata or {}, default=str)), "render": asdict(options),
         "save_maps": save_maps, "images": images, "max_pixels": max_pixels,
     }  # fmt: skip
-    keys = chunk_keys(plan, lambda i: _job_key(jobs[i]))
-    ledger = Ledger(out / ".vitflow", state, keys, group, strict=False, what="explain")
-    todo = ledger.todo(".json")
-    mine = todo[group.rank :: group.world_size]
+    run = ChunkedRun.open(
+        len(jobs), batch_size, chunk_images, out / ".vitflow", state, lambda i: _job_key(jobs[i]), group,
+        strict=False, what="explain", suffix=".json",
+    )  # fmt: skip
+    plan, ledger, todo = run.plan, run.ledger, run.todo
     device = torch.device(device)
     model = model.to(device)
     loader = batches(
         ImageFiles([path for path, _ in jobs], preprocessing, max_pixels),
-        [list(b) for c in mine for b in plan[c]],
+        run.my_batches(),
         workers=workers,
         pin_memory=device.type == "cuda",
     )
     bar = Progress(len(jobs), "explain", enabled=progress and group.is_main and len(jobs) > 1)
-    bar.skip(sum(len(b) for c in range(len(plan)) if c not in set(todo) for b in plan[c]))
+    bar.skip(run.items_done())
     timings = report.timings
 
     def tell(callback: Callable | None, *args) -> None:

@@ -38,7 +38,6 @@ class TextClassifier(nn.Module):
         return self.logit_scale * image @ self.text_embeddings.to(image.dtype).T  # b t
 
 
-
 def _visual(model: nn.Module) -> nn.Module:
     """The vision tower: the model itself or a full CLIP model's ``visual``."""
     return getattr(model, "visual", model)

@@ -25,7 +25,7 @@ from torch import nn
 from vitflow.adapters import Adapter, resolve_adapter
 from vitflow.data.folders import LabelledImages
 from vitflow.data.loader import ImageFiles, batches
-from vitflow.distributed import SINGLE, Group, Ledger, chunk_batches, chunk_keys, describer, run_chunks
+from vitflow.distributed import SINGLE, ChunkedRun, Group, describer, run_chunks
 from vitflow.files import atomic_path
 from vitflow.progress import Progress
 from vitflow.targets.bank import FORMAT, MemoryBank, model_identity
@@ -82,25 +82,24 @@ def build_bank(
     if not out.parent.is_dir() and out.parent.exists():
         raise ValueError(f"cannot write the bank {out}: {out.parent} is not a folder")
     name = model_name or model_identity(model)
-    per_chunk = -(-chunk_images // batch_size)
-    plan = chunk_batches(len(images), batch_size, per_chunk)
-    state = {"model": name, "batch_size": batch_size, "chunk_batches": per_chunk, "half": half,
-             "classes": list(images.class_names)}  # fmt: skip
-    keys = chunk_keys(plan, lambda i: f"{images.paths[i]}\t{images.labels[i]}")
-    ledger = Ledger(parts, state, keys, group, strict=False, what="bank build")
-    todo = ledger.todo(".safetensors")
+    state = {"model": name, "half": half, "classes": list(images.class_names)}
+    run = ChunkedRun.open(
+        len(images), batch_size, chunk_images, parts, state,
+        lambda i: f"{images.paths[i]}\t{images.labels[i]}", group,
+        strict=False, what="bank build", suffix=".safetensors",
+    )  # fmt: skip
+    plan, ledger, todo, per_chunk = run.plan, run.ledger, run.todo, run.batches_per_chunk
     report = on_error or (lambda message: print(f"vitflow: error: {message}", file=sys.stderr))
 
     from safetensors.torch import save_file
 
     bar = Progress(len(images), "bank", progress and group.is_main)
-    bar.skip(sum(len(b) for c in set(range(len(plan))) - set(todo) for b in plan[c]))
+    bar.skip(run.items_done())
     model = model.eval()
     adapter = resolve_adapter(model)
-    mine = todo[group.rank :: group.world_size]
     device = torch.device(device)
     decoded = iter(
-        batches(ImageFiles(images.paths, preprocess), [list(b) for c in mine for b in plan[c]], workers,
+        batches(ImageFiles(images.paths, preprocess), run.my_batches(), workers,
                 pin_memory=device.type == "cuda")
     )  # fmt: skip
     dtype = torch.float16 if half else torch.float32
