@@ -113,9 +113,10 @@ def _cost(args, methods: list[str], repeats: int = 3) -> dict[str, tuple[float, 
 
 def main(args) -> None:
     root = args.root
+    variants = list(VARIANTS)
     chosen = root / "chosen_start.txt"
     if chosen.exists():  # DAAM from the start block chosen on the selection split
-        VARIANTS.append(chosen.read_text().strip())
+        variants.append(chosen.read_text().strip())
     select = json.loads((root / "eval_select" / "results.json").read_text())
     held = json.loads((root / "eval_heldout" / "results.json").read_text())
     two = json.loads((root / "eval_two" / "results.json").read_text())
@@ -124,7 +125,7 @@ def main(args) -> None:
     ]
     print(f"## Selection split (stream seed 5, {select['items']} scenes)\n")
     print("\n".join(_table(select, list(select["methods"]), FOUR)))
-    methods = ["daam", *VARIANTS, "daam_last_block", "daam_block_norm", *BASELINES]
+    methods = ["daam", *variants, "daam_last_block", "daam_block_norm", *BASELINES]
     print(
         f"\n## Held-out (stream seed 11, {held['items']} single-object scenes; "
         f"two-object: {two['items']} objects)\n"
@@ -151,7 +152,7 @@ def main(args) -> None:
             print(f"| {m} | " + " | ".join(cells) + " |")
         print()
     print("\n## The criterion: beats every shipped baseline on at least 3 of the 4, on the held-out split\n")
-    for v in VARIANTS:
+    for v in variants:
         wins = []
         for k in FOUR:
             ours = held["methods"][v][k]
@@ -163,7 +164,7 @@ def main(args) -> None:
               f"two-object pointing {'>=' if follows else '<'} DAAM's; "
               f"sanity after all blocks randomised {sanity[v][-1]:.3f} (DAAM {sanity['daam'][-1]:.3f}, "
               f"rollout {sanity['rollout'][-1]:.3f})")  # fmt: skip
-    cost = _cost(args, ["daam", *VARIANTS, "generic_attention", "rollout"])
+    cost = _cost(args, ["daam", *variants, "generic_attention", "rollout"])
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(
         f"\n## Cost for {args.batch} scenes ({where}; median of 3, the attention trace included where used)\n"

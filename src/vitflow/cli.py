@@ -316,7 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--per-block-methods",
-        default="daam",
         help="comma-separated methods whose map after every block the per-block metrics score: DAAM and "
         "its variants that accumulate (daam, daam_block_norm, daam_from_K, daam_rollout, daam_generic, "
         "daam_concentration); each must be among --methods (default: daam, when it is)",
@@ -843,10 +842,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
         per_block = [m for m in args.per_block_metrics.split(",") if m]
         check_names(args.methods.split(","), [*args.metrics.split(","), *per_block])
-        per_block_methods = [m for m in args.per_block_methods.split(",") if m]
-        if per_block_methods == ["daam"] and "daam" not in args.methods.split(","):
-            per_block_methods = []  # the default, for runs without DAAM
-        check_flow_methods(per_block_methods, args.methods.split(","))
+        per_block_methods = None  # evaluate's default: DAAM, when it is among the methods
+        if args.per_block_methods is not None:
+            per_block_methods = [m for m in args.per_block_methods.split(",") if m]
+            check_flow_methods(per_block_methods, args.methods.split(","))
         group, device = _device(args.device)
         texts = None
         if args.model and args.model.startswith("open_clip:") and not args.text:

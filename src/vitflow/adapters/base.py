@@ -14,6 +14,7 @@ pass.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -122,10 +123,8 @@ class BlockRecord:
         # (q and k are detached: no graph is recorded. The autocast guard is entered only when
         # autocast is on: entering it costs more than the row on a GPU at batch 1.)
         work = torch.promote_types(k.dtype, torch.float32)
-        if torch.is_autocast_enabled(k.device.type):
-            with torch.autocast(k.device.type, enabled=False):
-                self.attn_row = class_attention_row(self.q_cls.to(work), k.to(work), self.scale)
-        else:
+        on = torch.is_autocast_enabled(k.device.type)
+        with torch.autocast(k.device.type, enabled=False) if on else contextlib.nullcontext():
             self.attn_row = class_attention_row(self.q_cls.to(work), k.to(work), self.scale)
         self._k = None
 
