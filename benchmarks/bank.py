@@ -32,9 +32,9 @@ from memory import PeakMemory  # noqa: E402
 
 from vitflow.cli import main as cli  # noqa: E402
 from vitflow.data.folders import list_image_folder  # noqa: E402
-from vitflow.demo import load_demo_model  # noqa: E402
+from vitflow.models.demo import load_demo_model  # noqa: E402
+from vitflow.runs.bank_build import build_bank  # noqa: E402
 from vitflow.targets import KNNTarget, MemoryBank  # noqa: E402
-from vitflow.targets.bank_build import build_bank  # noqa: E402
 
 
 def random_bank(entries: int, dim: int, classes: int = 1000) -> MemoryBank:
@@ -89,7 +89,7 @@ def bench_merge(bank: MemoryBank, chunk_rows: int) -> tuple[float, int, int]:
     from safetensors.torch import save_file
 
     from vitflow.data.folders import LabelledImages
-    from vitflow.targets.bank_build import _merge_chunks
+    from vitflow.runs.bank_build import _merge_chunks
 
     with tempfile.TemporaryDirectory() as tmp:
         chunks = []

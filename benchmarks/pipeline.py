@@ -1,7 +1,7 @@
 """End-to-end ``vitflow explain`` throughput against the model alone, in one run.
 
 Model only: DAAM on batches already decoded and preprocessed, in memory (what the model can do).
-End to end: :func:`vitflow.pipeline.explain_files` on the same images written as PNG files, same
+End to end: :func:`vitflow.runs.explain.explain_files` on the same images written as PNG files, same
 model and batch: decode + preprocess, DAAM, and the default outputs (input.png, one overlay per
 block, flow.gif, manifest.json), written atomically. Variants: everything in the main thread
 (``workers=0, writers=0``, which also gives the split: decode / model / encode), and with
@@ -26,12 +26,12 @@ from vitflow import DAAM
 from vitflow.data.images import load_image
 from vitflow.data.loader import default_workers, default_writers
 from vitflow.data.scenes import write_scenes
-from vitflow.pipeline import explain_files
+from vitflow.runs.explain import explain_files
 
 
 def load(name: str | None, device: str):
     if name is None:
-        from vitflow.demo import load_demo_model
+        from vitflow.models.demo import load_demo_model
 
         model, preprocessing = load_demo_model()
     else:

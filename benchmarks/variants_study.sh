@@ -42,7 +42,7 @@ PY
 )
 echo "$CHOSEN" > "$OUT/chosen_start.txt"
 echo "chosen on the selection split: $CHOSEN"
-ALL=$(${PYTHON:-python} -c "from vitflow.evaluation import method_names; print(','.join(method_names()))")
+ALL=$(${PYTHON:-python} -c "from vitflow.methods.run import method_names; print(','.join(method_names()))")
 # 2. report on the held-out split: every method, every metric, the sanity check, the variants per block
 vitflow evaluate --data "$OUT/heldout" --out "$OUT/eval_heldout" --methods "$ALL,$CHOSEN" --metrics "$METRICS" \
     --per-block-metrics pointing_game,energy --per-block-methods "$VARIANTS,$CHOSEN" --sanity 20 --quiet "$@"

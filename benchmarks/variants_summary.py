@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from memory import PeakMemory  # noqa: E402
 
-from vitflow.baselines import baseline_names  # noqa: E402
+from vitflow.methods import baseline_names  # noqa: E402
 
 VARIANTS = ["daam_rollout", "daam_generic", "daam_concentration"]
 BASELINES = baseline_names()
@@ -42,7 +42,7 @@ def _load(args):
     from vitflow.models import LoadedModel, load_model
 
     if args.model is None:
-        from vitflow.demo import load_demo_model
+        from vitflow.models.demo import load_demo_model
 
         model, pre = load_demo_model()
         return LoadedModel(model, pre, None, "demo")
@@ -51,7 +51,7 @@ def _load(args):
 
 def _batch(args, loaded):
     """The first ``--batch`` held-out scenes, preprocessed for the model, on the device."""
-    from vitflow.evaluation import read_items
+    from vitflow.data.items import read_items
 
     items = read_items(args.root / "heldout")[: args.batch]
     x = torch.stack([loaded.preprocessing(Image.open(i.path).convert("RGB")) for i in items])
@@ -67,7 +67,7 @@ def _peak_child(args) -> None:
     """One method once in this fresh process: print its peak memory growth (CPU: resident set
     sampled every millisecond; CUDA: the allocator's peak)."""
     from vitflow.adapters import resolve_adapter
-    from vitflow.evaluation import explain_all
+    from vitflow.methods.run import explain_all
 
     loaded = _load(args)
     model = loaded.model.to(args.device)
@@ -82,7 +82,7 @@ def _cost(args, methods: list[str], repeats: int = 3) -> dict[str, tuple[float, 
     """Each method's median time for one batch (the attention trace included where used) and its
     peak memory, measured in a fresh process per method."""
     from vitflow.adapters import resolve_adapter
-    from vitflow.evaluation import explain_all
+    from vitflow.methods.run import explain_all
 
     loaded = _load(args)
     model = loaded.model.to(args.device)

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from vitflow.adapters import resolve_adapter
-from vitflow.baselines.inputs import MethodInputs
-from vitflow.baselines.mixing import generic_mixing, rollout_mixing
-from vitflow.evaluation import read_items
+from vitflow.data.items import read_items
+from vitflow.methods.inputs import MethodInputs
+from vitflow.methods.mixing import generic_mixing, rollout_mixing
 from vitflow.models import load_model
 
 

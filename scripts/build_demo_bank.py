@@ -15,8 +15,8 @@ from pathlib import Path
 
 from vitflow.data.folders import LabelledImages, list_image_folder
 from vitflow.data.scenes import CLASS_NAMES, write_scenes
-from vitflow.demo import BANK, load_demo_backbone
-from vitflow.targets.bank_build import build_bank
+from vitflow.models.demo import BANK, load_demo_backbone
+from vitflow.runs.bank_build import build_bank
 
 BANK_SEED = 4
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from vitflow import DAAM, KNNTarget
 from vitflow.data.scenes import generate_scene
-from vitflow.demo import load_demo_backbone, load_demo_bank, load_demo_model
 from vitflow.metrics import energy_pointing_game, pointing_game, segmentation_scores
+from vitflow.models.demo import load_demo_backbone, load_demo_bank, load_demo_model
 
 TEST_SEED = 3
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from vitflow import DAAM
+from vitflow.atomic import write_bytes_atomic
 from vitflow.data.scenes import CLASS_NAMES, generate_scene
-from vitflow.demo import load_demo_model
-from vitflow.files import write_bytes_atomic
+from vitflow.models.demo import load_demo_model
 from vitflow.render import encode_gif, label_frame, overlay, to_uint8
 from vitflow.render.figure import flow_figure, save_figure
 

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vitflow.evaluation import _plot_curves
+from vitflow.runs.report import _plot_curves
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Print the README's method and metric tables from the registries (tests/test_readme.py checks
 that the README holds exactly these)."""
 
-import vitflow.baselines  # noqa: F401  (registers the methods)
+import vitflow.methods  # noqa: F401  (registers the methods)
 import vitflow.metrics  # noqa: F401  (registers the metrics)
 from vitflow.registry import METHODS, METRICS, markdown
 

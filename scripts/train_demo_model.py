@@ -28,7 +28,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from vitflow.data.scenes import CLASS_NAMES, generate_scene
-from vitflow.demo import ARCHITECTURE, DATA_CONFIG, MODEL_CARD, WEIGHTS, build_demo_model
+from vitflow.models.demo import ARCHITECTURE, DATA_CONFIG, MODEL_CARD, WEIGHTS, build_demo_model
 
 TRAIN_SEED, HELDOUT_SEED = 1, 2
 SIDE = DATA_CONFIG["input_size"][-1]

@@ -11,8 +11,8 @@ import os
 import signal
 import sys
 
-from vitflow import evaluation
 from vitflow.cli import main
+from vitflow.runs import evaluate as evaluation
 
 if os.environ.get("RANK") == os.environ["FAULT_RANK"]:
     if os.environ["FAULT"] == "raise":

@@ -22,8 +22,8 @@ pytest.importorskip("gradio", reason="the app extra: pip install 'vitflow[app]'"
 from vitflow import DAAM  # noqa: E402
 from vitflow.app import AppError, Session  # noqa: E402
 from vitflow.data.scenes import CLASS_NAMES, generate_scene  # noqa: E402
-from vitflow.demo import NAME, load_demo_model  # noqa: E402
 from vitflow.models import LoadedModel  # noqa: E402
+from vitflow.models.demo import NAME, load_demo_model  # noqa: E402
 from vitflow.render.placement import Display, crop_box  # noqa: E402
 
 

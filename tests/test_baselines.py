@@ -6,7 +6,7 @@ import pytest
 import torch
 from models import make_timm
 
-from vitflow.baselines import (
+from vitflow.methods import (
     attention_gradcam,
     attention_rollout,
     generic_attention,

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from vitflow.chefer import auc, normalised_maps, perturbation_hits, segmentation_counts
 from vitflow.cli import main
 from vitflow.data.gtsegs import GtSegs, write_gtsegs
+from vitflow.metrics.protocol import auc, normalised_maps, perturbation_hits, segmentation_counts
 
 
 def _totals(counts):
@@ -162,7 +162,7 @@ def test_evaluate_protocol_chefer_on_a_gtsegs_file(tmp_path, capsys):
         assert 0 < row["pixel_accuracy"] < 1 and 0 < row["miou"] < 1
     # one image recomputed independently: the demo model explains its predicted class
     from vitflow import DAAM
-    from vitflow.demo import load_demo_model
+    from vitflow.models.demo import load_demo_model
 
     model, preprocessing = load_demo_model()
     size = tuple(preprocessing.config["input_size"][-2:])

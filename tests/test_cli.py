@@ -205,7 +205,7 @@ def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path):
             return (print, ("executed",))
 
     torch.save({"state_dict": Payload()}, tmp_path / "evil.pth")
-    from vitflow.loading import ModelLoadError, read_state_dict
+    from vitflow.models.checkpoints import ModelLoadError, read_state_dict
 
     with pytest.raises(ModelLoadError, match="weights-only"):
         read_state_dict(tmp_path / "evil.pth")

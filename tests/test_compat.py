@@ -10,8 +10,8 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 
 from vitflow import DAAM, DAAMAttribution, DAAMCam
-from vitflow.demo import load_demo_model
 from vitflow.metrics.localization import upsample_maps
+from vitflow.models.demo import load_demo_model
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from reference import correlation, reference_daam, relative_error
 from reference_families import perturb
 
 from vitflow import DAAM
-from vitflow.baselines import attention_rollout, generic_attention, trace_attention
 from vitflow.cli import main
+from vitflow.methods import attention_rollout, generic_attention, trace_attention
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -11,8 +11,8 @@ from PIL import Image
 from vitflow import DAAM
 from vitflow.cli import main
 from vitflow.data.scenes import CLASS_NAMES, generate_scene
-from vitflow.demo import load_demo_model, weights_path
 from vitflow.metrics import pointing_game
+from vitflow.models.demo import load_demo_model, weights_path
 
 TEST_SEED = 3  # training used stream 1, the held-out figure in the model card stream 2
 
@@ -115,7 +115,7 @@ def test_explain_without_model_uses_the_demo_model_and_says_so(tmp_path, capsys)
 
 def test_bundled_bank_runs_the_self_supervised_mode_offline(single_scenes):
     from vitflow import KNNTarget
-    from vitflow.demo import load_demo_backbone, load_demo_bank
+    from vitflow.models.demo import load_demo_backbone, load_demo_bank
 
     backbone, preprocessing = load_demo_backbone()
     bank = load_demo_bank()

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from vitflow.data.scenes import write_scenes
-from vitflow.mapfiles import load_maps
+from vitflow.outputs.maps import load_maps
 from vitflow.targets import MemoryBank
 
 FAULT_SCRIPT = str(Path(__file__).with_name("fault_rank.py"))

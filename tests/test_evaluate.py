@@ -58,7 +58,7 @@ def test_ilsvrc_box_annotations_become_masks(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from vitflow.evaluation import load_mask, read_items
+    from vitflow.data.items import load_mask, read_items
 
     (tmp_path / "data" / "n01440764").mkdir(parents=True)
     Image.new("RGB", (40, 30)).save(tmp_path / "data" / "n01440764" / "ILSVRC2012_val_00000001.JPEG")
@@ -81,12 +81,12 @@ def test_masks_follow_the_model_crop():
     from models import make_timm
 
     from vitflow.data import Preprocessing
-    from vitflow.evaluation import _mask_at
+    from vitflow.data.items import mask_at
 
     preprocessing = Preprocessing.for_timm(make_timm("vit_tiny_patch16_224"))  # resize 71, centre crop 64
     mask = np.zeros((100, 100), bool)
     mask[:, :50] = True  # left half
-    moved = _mask_at(mask, preprocessing)
+    moved = mask_at(mask, preprocessing)
     assert moved.shape == (64, 64)
     assert moved[:, :30].all() and not moved[:, 34:].any()  # still the left half after the crop
 

@@ -13,15 +13,16 @@ from safetensors.torch import save_file
 
 from vitflow import DAAM
 from vitflow.adapters import AttentionSite, resolve_adapter
-from vitflow.baselines import trace_attention
-from vitflow.capture import Capture, DecompositionError
 from vitflow.data.images import load_image
+from vitflow.data.items import read_items
 from vitflow.data.scenes import write_scenes
-from vitflow.demo import load_demo_model
-from vitflow.evaluation import evaluate, read_items
+from vitflow.explainer.capture import Capture, DecompositionError
+from vitflow.methods import trace_attention
 from vitflow.models import load_model
-from vitflow.pipeline import explain_files
+from vitflow.models.demo import load_demo_model
 from vitflow.registry import METHODS, METRICS, register_method, register_metric
+from vitflow.runs.evaluate import evaluate
+from vitflow.runs.explain import explain_files
 
 
 @pytest.fixture(scope="module")

@@ -368,7 +368,7 @@ def test_damaged_bank_files_load_or_refuse_with_a_bank_error(bank_bytes, cut, fl
 
 
 def test_progress_is_drawn_on_a_terminal_and_cleared_before_report_lines():
-    from vitflow.progress import Progress
+    from vitflow.runs.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -389,7 +389,7 @@ def test_progress_is_drawn_on_a_terminal_and_cleared_before_report_lines():
 
 
 def test_progress_gives_the_rate_and_the_time_left_counting_only_work_done_now(monkeypatch):
-    from vitflow import progress as progress_module
+    from vitflow.runs import progress as progress_module
 
     clock = iter([100.0, 110.0])  # start, then the moment the line is drawn
     monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))

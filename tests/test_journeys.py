@@ -21,8 +21,9 @@ from safetensors.torch import save_file
 from vitflow import DAAM
 from vitflow.cli import main
 from vitflow.data.images import load_image
+from vitflow.data.items import read_items
 from vitflow.data.scenes import write_scenes
-from vitflow.evaluation import explain_all, method_names, read_items
+from vitflow.methods.run import explain_all, method_names
 from vitflow.models import load_model
 from vitflow.registry import METRICS
 
@@ -320,8 +321,8 @@ def test_custom_adapter_journey(data, tmp_path):
     from test_families import TinyViT, TinyViTAdapter
 
     from vitflow.data.preprocess import Preprocessing
-    from vitflow.evaluation import evaluate
-    from vitflow.pipeline import explain_files
+    from vitflow.runs.evaluate import evaluate
+    from vitflow.runs.explain import explain_files
 
     class Adapter(TinyViTAdapter):
         def gradcam_layer(self):  # the normalisation before the last attention, as timm's norm1
@@ -383,13 +384,13 @@ def test_evaluate_scores_are_the_metric_of_that_methods_own_map(data, tmp_path):
     loaded = load_model(family.options[1], family.options[3])
     items = read_items(data / "scenes")
     from vitflow.adapters import resolve_adapter
-    from vitflow.evaluation import _mask_at, load_mask
+    from vitflow.data.items import load_mask, mask_at
     from vitflow.metrics import ScoringContext
 
     adapter = resolve_adapter(loaded.model)
     x = torch.stack([loaded.preprocessing(load_image(item.path)) for item in items])
     target = torch.tensor([item.target for item in items])
-    masks = torch.stack([_mask_at(load_mask(item.mask), loaded.preprocessing) for item in items])
+    masks = torch.stack([mask_at(load_mask(item.mask), loaded.preprocessing) for item in items])
     maps = explain_all(adapter, x, target, method_names())
     context = ScoringContext(adapter.forward, x, target, masks)
     for method in method_names():

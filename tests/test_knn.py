@@ -193,7 +193,7 @@ def scene_folder(tmp_path_factory):
 def test_bank_build_resumes_without_recomputing_finished_chunks(tmp_path, scene_folder):
     from vitflow.data import Preprocessing
     from vitflow.data.folders import list_image_folder
-    from vitflow.targets.bank_build import build_bank
+    from vitflow.runs.bank_build import build_bank
 
     model = make_timm("vit_tiny_patch16_224", num_classes=0).float()
     images = list_image_folder(scene_folder)

@@ -12,7 +12,7 @@ from vitflow.metrics import (
     pointing_game,
     segmentation_scores,
 )
-from vitflow.metrics.localization import _average_precision
+from vitflow.metrics.localization import average_precision
 
 SIZE = 32
 
@@ -49,13 +49,13 @@ def test_the_inverse_map_scores_worst_and_a_random_map_near_chance():
     assert not pointing_game(torch.zeros(4, SIZE, SIZE), masks).any()  # constant maps point nowhere
 
 
-def test_average_precision_by_hand_with_ties():
+def testaverage_precision_by_hand_with_ties():
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.6]])
-    assert float(_average_precision(scores, torch.tensor([[True, False, True, False]]))) == pytest.approx(
+    assert float(average_precision(scores, torch.tensor([[True, False, True, False]]))) == pytest.approx(
         0.5 * 1 + 0.5 * 2 / 3
     )
     tied = torch.tensor([[0.5, 0.5, 0.1]])  # the tie is evaluated as one threshold: precision 1/2
-    assert float(_average_precision(tied, torch.tensor([[True, False, False]]))) == pytest.approx(0.5)
+    assert float(average_precision(tied, torch.tensor([[True, False, False]]))) == pytest.approx(0.5)
 
 
 class RegionModel(torch.nn.Module):

@@ -11,8 +11,8 @@ from models import make_timm
 from reference import reference_daam, relative_error
 
 from vitflow.adapters import resolve_adapter
-from vitflow.baselines.mixing import concentration_weights, mixed_block_maps
-from vitflow.evaluation import applicable_methods, explain_all
+from vitflow.methods.mixing import concentration_weights, mixed_block_maps
+from vitflow.methods.run import applicable_methods, explain_all
 
 
 def _explicit_variants(ref, prefix, grid):

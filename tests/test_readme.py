@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-import vitflow.baselines  # noqa: F401
+import vitflow.methods  # noqa: F401
 import vitflow.metrics  # noqa: F401
 from vitflow.registry import METHODS, METRICS, markdown
 

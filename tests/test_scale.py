@@ -13,8 +13,8 @@ from PIL import Image
 from vitflow import DAAM, load_maps
 from vitflow.cli import main
 from vitflow.data.scenes import write_scenes
-from vitflow.demo import load_demo_model
-from vitflow.pipeline import explain_files
+from vitflow.models.demo import load_demo_model
+from vitflow.runs.explain import explain_files
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +137,8 @@ def test_bank_merge_streams_chunks_into_a_bank_equal_to_saving_it_whole(tmp_path
     from safetensors.torch import save_file
 
     from vitflow.data.folders import LabelledImages
+    from vitflow.runs.bank_build import _merge_chunks
     from vitflow.targets import MemoryBank
-    from vitflow.targets.bank_build import _merge_chunks
 
     torch.manual_seed(0)
     rows = [5, 0, 7, 3]  # a chunk of unreadable images only stores no rows
@@ -197,7 +197,7 @@ def test_atomic_outputs_get_the_permissions_of_a_plain_write(tmp_path):
     import os
     import stat
 
-    from vitflow.files import write_bytes_atomic
+    from vitflow.atomic import write_bytes_atomic
 
     plain = tmp_path / "plain.bin"
     plain.write_bytes(b"x")

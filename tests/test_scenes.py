@@ -111,8 +111,8 @@ def test_pasted_object_scenes_are_reproducible_with_exact_disjoint_masks(tmp_pat
     overlapping, sizes as documented, and a folder ``evaluate`` reads back with the right classes."""
     import realweights as rw
 
+    from vitflow.data.items import load_mask, read_items
     from vitflow.data.scenes import write_scene_folder
-    from vitflow.evaluation import load_mask, read_items
 
     for objects, (low, high) in ((1, (0.38, 0.55)), (2, (0.30 * 0.9**3, 0.38))):
         for index in range(6):

@@ -16,10 +16,10 @@ from safetensors.torch import save_file
 
 from vitflow.cli import main
 from vitflow.data.scenes import generate_scene
+from vitflow.explainer.result import DAAMResult
 from vitflow.render import show, viewer_html
 from vitflow.render.figure import flow_figure, save_figure
 from vitflow.render.video import write_mp4
-from vitflow.result import DAAMResult
 
 L = 5
 

@@ -12,8 +12,9 @@ import torch
 from reference import relative_error
 from reference_families import perturb
 
-from vitflow import DAAM, zoo
+from vitflow import DAAM
 from vitflow.cli import main
+from vitflow.models import catalogue
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -107,7 +108,7 @@ def test_zoo_matches_float64_reference_with_fused_attention_left_on(key):
 def test_a_missing_position_bias_is_caught_by_the_decomposition_check(monkeypatch):
     """The row must include the bias the model adds: without it the run-time check fails."""
     from vitflow.adapters import timm as timm_adapter
-    from vitflow.capture import DecompositionError
+    from vitflow.explainer.capture import DecompositionError
 
     model = perturb(
         timm.create_model(
@@ -142,11 +143,11 @@ def test_pooled_defaults_are_refused_in_one_line():
             DAAM(model)
 
 
-@pytest.mark.parametrize("arch", zoo.ARCHITECTURES, ids=lambda a: f"{a.family}-{a.cls}-{a.example}")
+@pytest.mark.parametrize("arch", catalogue.architectures(), ids=lambda a: f"{a.family}-{a.cls}-{a.example}")
 def test_every_row_of_the_supported_model_table(arch):
     torch.manual_seed(0)
-    model = perturb(zoo.build_small(arch), 0.05)
-    reason = zoo.verdict(model)
+    model = perturb(catalogue.build_small(arch), 0.05)
+    reason = catalogue.verdict(model)
     if not arch.supported:
         assert reason is not None and "\n" not in reason
         words = {"hierarchical": "hierarchical", "pool": "pool|\\[class\\] token"}
@@ -176,13 +177,13 @@ def _target_for(model, daam, x):
 
 
 def test_readme_table_is_the_zoo():
-    assert zoo.markdown() in README.read_text()
+    assert catalogue.markdown() in README.read_text()
 
 
 def test_models_command_lists_table_and_names(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert zoo.markdown().strip() in out
+    assert catalogue.markdown().strip() in out
     assert main(["models", "beit*_224"]) == 0
     out = capsys.readouterr().out
     assert re.search(
@@ -214,7 +215,7 @@ def test_backbones_from_the_command_line_read_the_class_token():
         backbone = timm.create_model(name.split(".")[0], pretrained=False, **small, **kwargs)
         assert default.state_dict().keys() == backbone.state_dict().keys(), name
         backbone.load_state_dict(default.state_dict())
-        assert zoo.verdict(backbone) is None and zoo.verdict(default) is not None
+        assert catalogue.verdict(backbone) is None and catalogue.verdict(default) is not None
         x = torch.randn(1, 3, small["img_size"], small["img_size"])
         with torch.no_grad():
             tokens = backbone.forward_features(x)

@@ -5,10 +5,10 @@ Decision-Making in Vision Transformer", Pattern Recognition 165 (2025) 111607.
 """
 
 from vitflow.adapters import Adapter, AttentionSite, ProjectionSite, register_adapter
-from vitflow.engine import DAAM, DecompositionError, explain
+from vitflow.explainer.daam import DAAM, DecompositionError, explain
+from vitflow.explainer.result import DAAMResult
 from vitflow.integrations import DAAMAttribution, DAAMCam
-from vitflow.mapfiles import SavedMaps, load_maps
-from vitflow.result import DAAMResult
+from vitflow.outputs.maps import SavedMaps, load_maps
 from vitflow.targets import (
     ClassTarget,
     FeatureWeightTarget,

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitflow.baselines import baseline_names
-from vitflow.bundle import RenderOptions, write_bundle
 from vitflow.data.images import ImageLoadError, read_image
-from vitflow.engine import DAAM
+from vitflow.explainer.daam import DAAM
+from vitflow.explainer.result import DAAMResult
+from vitflow.methods import baseline_names
+from vitflow.outputs.bundle import RenderOptions, write_bundle
 from vitflow.render.placement import Box, CropBoxes, Display
-from vitflow.result import DAAMResult
 
 PREDICTED = "predicted class"
 NO_BASELINE = "none"
@@ -143,7 +143,7 @@ class Session:
             return None
         if name not in explained.baselines:
             from vitflow.adapters import resolve_adapter
-            from vitflow.evaluation import explain_all
+            from vitflow.methods.run import explain_all
 
             target = explained.result.target.clamp_min(0).to(self.device)
             with self.lock:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitflow.engine import DAAM
+from vitflow.explainer.daam import DAAM
 from vitflow.metrics.localization import upsample_maps
 
 

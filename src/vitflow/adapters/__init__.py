@@ -36,6 +36,37 @@ def family_names() -> dict[str, type[Adapter]]:
     return names
 
 
+#: starts of class names (in the model libraries) of hierarchical vision transformers: tokens are
+#: merged between stages and there is no [class] token, so there is nothing for DAAM to decompose
+HIERARCHICAL = (
+    "Swin",
+    "MaxxVit",
+    "Hiera",
+    "Twins",
+    "PyramidVisionTransformer",
+    "MultiScaleVit",
+    "DaVit",
+    "FocalNet",
+    "GlobalContextVit",
+    "Nest",
+    "TinyVit",
+    "EfficientVit",
+    "Levit",
+)
+
+
+def hierarchical_reason(model: nn.Module) -> str | None:
+    """A one-line refusal for a hierarchical model, or ``None``."""
+    name, module = type(model).__name__, type(model).__module__
+    library = module.split(".")[0] in {cls.library for cls in ADAPTERS if cls.library}
+    if library and any(name.lower().startswith(h.lower()) for h in HIERARCHICAL):
+        return (
+            f"{name} is a hierarchical vision transformer without a [class] token (tokens are merged "
+            "between stages); DAAM explains [class]-token ViTs: see `vitflow models`"
+        )
+    return None
+
+
 def register_adapter(adapter: type[Adapter]) -> type[Adapter]:
     """Add an adapter class to the registry (usable as a decorator); later ones are tried first."""
     ADAPTERS.insert(0, adapter)
@@ -52,8 +83,6 @@ def resolve_adapter(
     Compiled and data-parallel wrappers are looked through (:func:`unwrap_model`)."""
     model = unwrap_model(model)
     if adapter is None:
-        from vitflow.zoo import hierarchical_reason
-
         reason = hierarchical_reason(model)
         if reason is not None:
             raise ValueError(reason)
@@ -77,7 +106,9 @@ def resolve_adapter(
 
 __all__ = [
     "ADAPTERS",
+    "HIERARCHICAL",
     "family_names",
+    "hierarchical_reason",
     "Adapter",
     "AttentionSite",
     "BlockRecord",

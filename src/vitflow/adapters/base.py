@@ -225,6 +225,9 @@ class Adapter(ABC):
     family: str = "custom"
     #: other names of the family on the command line (``--model hf:...``)
     aliases: tuple[str, ...] = ()
+    #: the top-level package of the library whose models it reads (``"timm"``); its hierarchical
+    #: models are refused by name (:func:`vitflow.adapters.hierarchical_reason`)
+    library: str = ""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = unwrap_model(model)
@@ -271,7 +274,7 @@ class Adapter(ABC):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` logits (or features of a headless backbone) for ``x``: how every part of the
-        package outside :class:`~vitflow.capture.Capture` runs the model (metrics, evaluation,
+        package outside :class:`~vitflow.explainer.capture.Capture` runs the model (metrics, evaluation,
         memory banks)."""
         return self.logits(self.model(x))
 

@@ -30,6 +30,7 @@ class HFAdapter(Adapter):
     """``transformers`` vision transformers whose [class] token is at index 0."""
 
     family = "transformers"
+    library = "transformers"
     aliases = ("hf",)
 
     @classmethod

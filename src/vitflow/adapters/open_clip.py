@@ -45,6 +45,7 @@ def _visual(model: nn.Module) -> nn.Module:
 
 class OpenCLIPAdapter(Adapter):
     family = "open_clip"
+    library = "open_clip"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

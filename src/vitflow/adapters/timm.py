@@ -231,6 +231,7 @@ class TimmAdapter(Adapter):
     """timm ``VisionTransformer`` family."""
 
     family = "timm"
+    library = "timm"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -13,6 +13,7 @@ from vitflow.adapters.mha import MultiheadAttentionSite
 
 class TorchvisionAdapter(Adapter):
     family = "torchvision"
+    library = "torchvision"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

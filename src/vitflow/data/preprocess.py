@@ -10,6 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+#: ImageNet's channel statistics, the default where a model states none
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class Preprocessing:

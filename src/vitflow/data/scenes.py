@@ -260,7 +260,7 @@ def generate_scene(seed: int, index: int, size: int = 224, objects: int = 1) -> 
 
 
 def _save_png_atomic(array: np.ndarray, path: Path) -> None:
-    from vitflow.files import write_bytes_atomic
+    from vitflow.atomic import write_bytes_atomic
 
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
@@ -286,7 +286,7 @@ def write_scene_folder(
     """Write ``n`` scenes from ``scenes`` in the layout of :func:`write_scenes` (which
     ``vitflow evaluate --data`` reads), with ``classes`` naming the labels and ``meta`` recorded in
     the manifest; any scene source (synthetic or photographs with pasted objects) can use it."""
-    from vitflow.files import write_json_atomic
+    from vitflow.atomic import write_json_atomic
 
     out = Path(out)
     entries = []

@@ -45,7 +45,7 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
     return torch.where(total > 0, inside / total.clamp_min(1e-30), torch.zeros_like(total))
 
 
-def _average_precision(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Average precision of ``scores`` ranking ``positives`` (one row per image), ties counted
     together as scikit-learn does; ``nan`` where a row has no positive."""
     out = []
@@ -84,7 +84,7 @@ def segmentation_scores(maps: torch.Tensor, masks: torch.Tensor, ap: bool = True
         ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)))
     scores = {"pixel_accuracy": accuracy, "miou": (ious[0] + ious[1]) / 2}
     if ap:
-        scores["ap"] = _average_precision(unit, truth)
+        scores["ap"] = average_precision(unit, truth)
     return scores
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitflow.files import write_bytes_atomic
+from vitflow.atomic import write_bytes_atomic
 from vitflow.render.placement import as_display
 
 

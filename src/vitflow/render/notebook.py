@@ -35,7 +35,7 @@ def show(
     """Plot image ``index``'s attention flow with matplotlib and return the figure.
 
     Args:
-        result: a :class:`~vitflow.result.DAAMResult`.
+        result: a :class:`~vitflow.explainer.result.DAAMResult`.
         image: the input the model saw (``(H, W, 3)`` uint8 or float in [0, 1], PIL, or a
             ``(3, H, W)`` tensor in [0, 1]); without it the maps are drawn on grey.
         blocks: 1-based blocks to show (default all); ``per_block`` adds the per-block maps.

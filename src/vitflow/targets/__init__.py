@@ -1,8 +1,8 @@
 """What to explain: class logits, feature weights, and k-NN over a memory bank."""
 
 from vitflow.targets.bank import BankError, MemoryBank, model_identity
-from vitflow.targets.base import Target, TargetScores, as_target
-from vitflow.targets.classes import ClassTarget, OutputTarget
+from vitflow.targets.base import Target, TargetScores
+from vitflow.targets.classes import ClassTarget, OutputTarget, as_target
 from vitflow.targets.features import FeatureWeightTarget, ReferenceTarget, SimilarityTarget
 from vitflow.targets.knn import KNNTarget
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitflow.files import atomic_path
+from vitflow.atomic import atomic_path
 
 FORMAT = "vitflow-memory-bank/1"
 

@@ -2,9 +2,9 @@
 
 A target is any object with ``__call__(output) -> TargetScores`` and a default coefficient
 transform ``rho``. ``DAAM`` turns the user's ``target=`` argument into one with
-:func:`as_target`, following captum's convention: ``None`` explains the predicted class, an int
-broadcasts to the batch, a sequence or 1-D tensor gives one class per image; any object with
-the protocol (e.g. :class:`~vitflow.targets.knn.KNNTarget`) is used as it is.
+:func:`~vitflow.targets.classes.as_target`, following captum's convention: ``None`` explains the
+predicted class, an int broadcasts to the batch, a sequence or 1-D tensor gives one class per
+image; any object with the protocol (e.g. :class:`~vitflow.targets.knn.KNNTarget`) is used as it is.
 """
 
 from __future__ import annotations
@@ -38,24 +38,3 @@ class Target(Protocol):
     def __call__(self, output: torch.Tensor) -> TargetScores:
         """``output``: ``(B, K)`` model output (logits, or features for a headless backbone)."""
         ...
-
-
-def as_target(target: object, num_classes: int | None, model_name: str) -> Target:
-    """Turn ``DAAM.__call__``'s ``target`` argument into a :class:`Target`."""
-    from vitflow.targets.classes import ClassTarget, OutputTarget
-
-    if isinstance(target, Target):
-        return target
-    if (
-        callable(target)
-        and not isinstance(target, torch.Tensor)
-        or (isinstance(target, list | tuple) and target and all(callable(t) for t in target))
-    ):
-        return OutputTarget(target)  # pytorch-grad-cam's target objects
-    if num_classes == 0:
-        raise ValueError(
-            f"{model_name} has no classifier head (num_classes=0), so there is no class to explain; "
-            "use the self-supervised mode, target=KNNTarget(MemoryBank.load(...)) (or a "
-            "FeatureWeightTarget), or create the model with a classifier"
-        )
-    return ClassTarget(target)  # type: ignore[arg-type]  # ClassTarget checks the type at run time

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from vitflow.core.daam import Rho
-from vitflow.targets.base import TargetScores
+from vitflow.targets.base import Target, TargetScores
 
 
 class ClassTarget:
@@ -103,3 +103,22 @@ class OutputTarget:
 
 def _is_index(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def as_target(target: object, num_classes: int | None, model_name: str) -> Target:
+    """Turn ``DAAM.__call__``'s ``target`` argument into a :class:`Target`."""
+    if isinstance(target, Target):
+        return target
+    if (
+        callable(target)
+        and not isinstance(target, torch.Tensor)
+        or (isinstance(target, list | tuple) and target and all(callable(t) for t in target))
+    ):
+        return OutputTarget(target)  # pytorch-grad-cam's target objects
+    if num_classes == 0:
+        raise ValueError(
+            f"{model_name} has no classifier head (num_classes=0), so there is no class to explain; "
+            "use the self-supervised mode, target=KNNTarget(MemoryBank.load(...)) (or a "
+            "FeatureWeightTarget), or create the model with a classifier"
+        )
+    return ClassTarget(target)  # type: ignore[arg-type]  # ClassTarget checks the type at run time

@@ -1,0 +1,184 @@
+"""One image's explanation on disk: the input crop, an overlay per block, the flow GIF, a manifest.
+
+Every file is written atomically; ``manifest.json`` is written last, so its presence means the
+folder is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitflow.atomic import write_bytes_atomic, write_json_atomic
+from vitflow.explainer.result import DAAMResult
+from vitflow.render import encode_gif, label_frame, viewer_html
+from vitflow.render.figure import flow_figure, save_figure
+from vitflow.render.placement import Box, Display
+from vitflow.render.video import write_mp4
+from vitflow.version import __version__
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a bundle looks and which optional outputs it has (GIF, overlays and manifest always)."""
+
+    mode: str = "sigmoid"
+    alpha: float = 0.4
+    image_weight: float = 0.8
+    cmap: str = "jet"
+    gif_duration_ms: int = 400
+    gif_loop: int = 0
+    mp4: bool = False
+    figure: bool = False
+    figure_blocks: tuple[int, ...] | None = None
+    html: bool = False
+    #: draw on the "original" photo (the crop's box placed in it, the rest dimmed) or on the "crop"
+    on: str = "original"
+    #: long side of the pictures in pixels (default: the original's, kept between 512 and 1024)
+    display_size: int | None = None
+
+
+def _png(array: np.ndarray) -> bytes:
+    """PNG bytes at zlib level 1: 35% less encoding time than Pillow's default level 6 (5.2 vs
+    7.9 ms for a 224 px overlay) for files 10% larger; encoding is most of a bundle's cost."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _stats(one_map: torch.Tensor) -> dict:
+    flat = one_map.flatten()
+    row, col = divmod(int(flat.argmax()), one_map.shape[-1])
+    return {
+        "max": float(flat.max()),
+        "mean": float(flat.mean()),
+        "sum": float(flat.sum()),
+        "nonzero_fraction": float((flat > 0).float().mean()),
+        "argmax": [row, col],
+    }
+
+
+def _class_entry(
+    index: int, probs: torch.Tensor, logits: torch.Tensor | None, names: list[str] | None
+) -> dict:
+    entry = {
+        "index": index,
+        "name": names[index] if names and 0 <= index < len(names) else f"class {index}",
+        "probability": float(probs[index]),
+    }
+    if logits is not None:
+        entry["logit"] = float(logits[index])
+    return entry
+
+
+def describe(result: DAAMResult, names: list[str] | None = None, top: int = 5) -> dict:
+    """The manifest fields that come from the result of one image (``len(result) == 1``).
+
+    Class probabilities are the target's own (k-NN votes) when it defines them, else the softmax
+    of the classifier's logits.
+    """
+    if len(result) != 1:
+        raise ValueError(f"describe takes one image's result (result[i]), got a batch of {len(result)}")
+    if result.probabilities is not None:
+        probs, logits = result.probabilities[0].detach().double().cpu(), None
+    else:
+        logits = result.logits[0].detach().double().cpu()
+        probs = logits.softmax(0)
+    target = int(result.target[0])
+    entry = _class_entry(target, probs, logits, names) if 0 <= target < probs.numel() else {"index": target}
+    entry["score"] = float(result.score[0])
+    top_k = probs.topk(min(top, probs.numel())).indices.tolist()
+    return {
+        "grid": list(result.grid),
+        "prefix_tokens": result.prefix_tokens,
+        "num_blocks": result.num_blocks,
+        "target": entry,
+        "top5": [_class_entry(i, probs, logits, names) for i in top_k],
+        "blocks": [
+            {
+                "block": b + 1,
+                "map": _stats(result.maps[0, b].cpu()),
+                "block_map": _stats(result.block_maps[0, b].cpu()),
+                "prefix_relevance": result.relevance[0, b, : result.prefix_tokens].cpu().tolist(),
+            }
+            for b in range(result.num_blocks)
+        ],
+    }
+
+
+def write_bundle(
+    out_dir: str | Path,
+    image: np.ndarray,
+    result: DAAMResult,
+    metadata: dict,
+    names: list[str] | None = None,
+    options: RenderOptions = RenderOptions(),
+    original: Image.Image | np.ndarray | None = None,
+    box: Box | None = None,
+) -> dict:
+    """Write one image's explanation into ``out_dir``; returns the manifest.
+
+    Args:
+        out_dir: folder for this image (created).
+        image: ``(H, W, 3)`` uint8, the input exactly as the model saw it (``input.png``).
+        result: that image's result, ``result[i]`` of a batch.
+        metadata: extra manifest fields (model, source image, preprocessing, ...).
+        original: the photo the input was made from; with ``box`` (where the model's crop lies
+            in it, :func:`~vitflow.render.placement.crop_box`) and ``options.on == "original"``,
+            overlays, GIF, MP4, figure and viewer are drawn on it. Otherwise on the crop.
+    """
+    out_dir = Path(out_dir)
+    on_original = options.on == "original" and original is not None and box is not None
+    if on_original:
+        display = Display.of_original(original, box, options.display_size)
+    else:
+        display = Display.of_crop(image, options.display_size)
+    heat = display.heat(result.maps[0], mode=options.mode)
+    width = max(2, math.ceil(math.log10(result.num_blocks + 1)))
+    manifest = {"vitflow_version": __version__, **metadata, **describe(result, names)}
+    label = manifest["target"].get("name", "")
+    frames, files = [], {"input": "input.png", "blocks": [], "gif": "flow.gif", "final": "final.png"}
+    write_bytes_atomic(out_dir / "input.png", _png(image))
+    for b in range(result.num_blocks):
+        frame = display.overlay(
+            heat[b], alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap
+        )
+        name = f"block_{b + 1:0{width}d}.png"
+        write_bytes_atomic(out_dir / name, _png(frame))
+        files["blocks"].append(name)
+        manifest["blocks"][b]["file"] = name
+        frames.append(label_frame(frame, f"block {b + 1}/{result.num_blocks}  {label}"))
+    write_bytes_atomic(out_dir / "final.png", _png(np.asarray(frames[-1].convert("RGB"))))
+    write_bytes_atomic(out_dir / "flow.gif", encode_gif(frames, options.gif_duration_ms, options.gif_loop))
+    if options.mp4:
+        write_mp4(frames, out_dir / "flow.mp4", fps=1000.0 / options.gif_duration_ms)
+        files["mp4"] = "flow.mp4"
+    if options.figure:
+        title = f"{metadata.get('model', '')}: {label}"
+        fig = flow_figure(display, result.maps[0], result.block_maps[0], blocks=options.figure_blocks,
+                          cmap=options.cmap, title=title)  # fmt: skip
+        files["figure"] = [p.name for p in save_figure(fig, out_dir / "figure")]
+    if options.html:
+        page = viewer_html(display, result.maps[0], result.block_maps[0], title=f"{out_dir.name}: {label}",
+                           target=label, top5=manifest["top5"], mode=options.mode)  # fmt: skip
+        write_bytes_atomic(out_dir / "viewer.html", page.encode())
+        files["html"] = "viewer.html"
+    manifest["files"] = files
+    manifest["render"] = {
+        "on": "original" if on_original else "crop",
+        "display_size": list(display.size),
+        # where the model's input lies in the picture (pixels; may reach outside it)
+        "crop_box": {k: round(v, 2) for k, v in asdict(display.box).items()},
+        "mode": options.mode,
+        "alpha": options.alpha,
+        "image_weight": options.image_weight,
+        "cmap": options.cmap,
+    }
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return manifest
