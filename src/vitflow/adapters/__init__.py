@@ -15,6 +15,7 @@ from vitflow.adapters.base import (
     GridSpec,
     OverrideAdapter,
     ProjectionSite,
+    model_identity,
     split_heads,
     unwrap_model,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "HIERARCHICAL",
     "family_names",
     "hierarchical_reason",
+    "model_identity",
     "Adapter",
     "AttentionSite",
     "BlockRecord",

@@ -213,6 +213,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def model_identity(model: nn.Module) -> str:
+    """The name a bank records for the model that made its features: timm's ``architecture.tag``
+    when the model carries a pretrained config, else the class name."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    architecture = cfg.get("architecture")
+    if architecture:
+        tag = cfg.get("tag")
+        return f"{architecture}.{tag}" if tag else architecture
+    return type(model).__name__
+
+
 class Adapter(ABC):
     """Where one family of ViTs keeps its tokens, attention, blocks and classifier: everything
     the package needs to know about a model goes through this interface.

@@ -79,10 +79,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from vitflow.adapters import model_identity
     from vitflow.data.folders import list_labelled_images
     from vitflow.runs.bank_build import build_bank
     from vitflow.runs.distributed import RankFailure
-    from vitflow.targets.bank import model_identity
 
     try:
         group, device = resolve_device(args.device)

@@ -28,7 +28,8 @@ from vitflow.data.loader import ImageFiles, batches
 from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, describer, run_chunks
 from vitflow.atomic import atomic_path
 from vitflow.runs.progress import Progress
-from vitflow.targets.bank import FORMAT, MemoryBank, model_identity
+from vitflow.adapters import model_identity
+from vitflow.targets.bank import FORMAT, MemoryBank
 from vitflow.version import __version__
 
 

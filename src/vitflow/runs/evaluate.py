@@ -30,7 +30,7 @@ from vitflow.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from vitflow.outputs.maps import SavedMaps
 from vitflow.metrics import ScoringContext, cascading_randomization
 from vitflow.registry import METHODS, METRICS
-from vitflow.targets.bank import model_identity
+from vitflow.adapters import model_identity
 from vitflow.data.items import Item, load_mask, mask_at
 from vitflow.methods.run import applicable_methods, check_flow_methods, check_names, explain_all, method_names
 from vitflow.metrics.run import default_per_block_metrics, metric_names, score_maps

@@ -139,7 +139,7 @@ def evaluate_chefer(
     and shared across ``torchrun`` ranks like :func:`vitflow.runs.evaluate.evaluate`."""
     from vitflow.adapters import resolve_adapter
     from vitflow.methods.run import applicable_methods, check_names
-    from vitflow.targets.bank import model_identity
+    from vitflow.adapters import model_identity
 
     check_names(methods, [])
     out = Path(out)

@@ -1,6 +1,6 @@
 """What to explain: class logits, feature weights, and k-NN over a memory bank."""
 
-from vitflow.targets.bank import BankError, MemoryBank, model_identity
+from vitflow.targets.bank import BankError, MemoryBank
 from vitflow.targets.base import Target, TargetScores
 from vitflow.targets.classes import ClassTarget, OutputTarget, as_target
 from vitflow.targets.features import FeatureWeightTarget, ReferenceTarget, SimilarityTarget
@@ -18,5 +18,4 @@ __all__ = [
     "Target",
     "TargetScores",
     "as_target",
-    "model_identity",
 ]

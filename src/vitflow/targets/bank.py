@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitflow.adapters.base import model_identity
 from vitflow.atomic import atomic_path
 
 FORMAT = "vitflow-memory-bank/1"
@@ -24,17 +25,6 @@ FORMAT = "vitflow-memory-bank/1"
 
 class BankError(ValueError):
     """A memory bank is malformed or does not fit the model it is used with."""
-
-
-def model_identity(model: nn.Module) -> str:
-    """The name a bank records for the model that made its features: timm's ``architecture.tag``
-    when the model carries a pretrained config, else the class name."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    architecture = cfg.get("architecture")
-    if architecture:
-        tag = cfg.get("tag")
-        return f"{architecture}.{tag}" if tag else architecture
-    return type(model).__name__
 
 
 @dataclass
