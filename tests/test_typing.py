@@ -1,6 +1,4 @@
-"""The public API passes mypy (configuration in pyproject.toml: what `import vitflow` exports, the
-adapter interface, targets, results, the captum / grad-cam layers), and the package says so
-(``py.typed``)."""
+"""The whole package passes mypy (configuration in pyproject.toml), and says so (``py.typed``)."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_public_api_type_checks():
+def test_the_package_type_checks():
     pytest.importorskip("mypy", reason="the type checker is a test dependency")
     run = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)  # fmt: skip

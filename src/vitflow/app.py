@@ -298,7 +298,7 @@ def build_app(session: Session, examples: list[str] | None = None, title: str = 
                 files = gr.File(label="bundle (PNGs, GIF, manifest, viewer, raw maps)", elem_id="bundle")
                 stats = gr.Dataframe(headers=["block", "accumulated max", "block max", "block share"],
                                      label="per-block statistics", interactive=False)  # fmt: skip
-        controls = [block, kind, cmap, opacity, baseline]
+        controls: list[gr.Slider | gr.Radio | gr.Dropdown] = [block, kind, cmap, opacity, baseline]
         outputs = [state, block, shown, beside, stats, status, top5, flow]
         explain.click(run, [upload, choice, kind, cmap, opacity, baseline], outputs, concurrency_limit=1)
         for control in controls:

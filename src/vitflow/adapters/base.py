@@ -18,11 +18,17 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from vitflow.core.daam import class_attention_row
+
+#: a module of another library (timm, transformers, torchvision, open_clip) whose attributes an
+#: adapter reads by name: torch types them as ``Tensor | Module`` (``nn.Module.__getattr__``), so
+#: the adapters declare them as what they are, dynamic
+Foreign = Any
 
 GridSpec = tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]]
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vitflow.adapters.base import Adapter, AttentionSite, ProjectionSite
+from vitflow.adapters.base import Adapter, AttentionSite, Foreign, ProjectionSite
 
 _OUTPUT_PROJECTIONS = ("o_proj", "out_proj")
 
@@ -28,6 +28,8 @@ def _is_attention(module: nn.Module) -> bool:
 
 class HFAdapter(Adapter):
     """``transformers`` vision transformers whose [class] token is at index 0."""
+
+    model: Foreign
 
     family = "transformers"
     library = "transformers"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitflow.adapters.base import AttentionSite, BlockRecord, split_heads
+from vitflow.adapters.base import AttentionSite, BlockRecord, Foreign, split_heads
 
 
 class MultiheadAttentionSite(AttentionSite):
@@ -35,7 +35,8 @@ class MultiheadAttentionSite(AttentionSite):
         return float((self.module.embed_dim // self.heads) ** -0.5)
 
     def install(self, record: BlockRecord) -> list[torch.utils.hooks.RemovableHandle]:
-        mha, heads = self.module, self.heads
+        mha: Foreign = self.module
+        heads = self.heads
         record.out_weight, record.out_bias = mha.out_proj.weight, mha.out_proj.bias
 
         def on_input(_module, args, kwargs):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitflow.adapters.base import Adapter, AttentionSite
+from vitflow.adapters.base import Adapter, AttentionSite, Foreign
 from vitflow.adapters.mha import MultiheadAttentionSite
 
 
@@ -30,6 +30,7 @@ class TextClassifier(nn.Module):
     def __init__(self, visual: nn.Module, text_embeddings: torch.Tensor, logit_scale: float = 100.0) -> None:
         super().__init__()
         self.visual = visual
+        self.text_embeddings: torch.Tensor
         self.register_buffer("text_embeddings", F.normalize(text_embeddings.detach().float(), dim=1))
         self.logit_scale = float(logit_scale)
 
@@ -38,12 +39,14 @@ class TextClassifier(nn.Module):
         return self.logit_scale * image @ self.text_embeddings.to(image.dtype).T  # b t
 
 
-def _visual(model: nn.Module) -> nn.Module:
+def _visual(model: nn.Module) -> Foreign:
     """The vision tower: the model itself or a full CLIP model's ``visual``."""
     return getattr(model, "visual", model)
 
 
 class OpenCLIPAdapter(Adapter):
+    model: Foreign
+
     family = "open_clip"
     library = "open_clip"
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitflow.adapters.base import Adapter, AttentionSite, BlockRecord, ProjectionSite
+from vitflow.adapters.base import Adapter, AttentionSite, BlockRecord, Foreign, ProjectionSite
 
 _POOL_HELP = (
     "DAAM explains the decision through the [class] token, and this model's classifier reads "
@@ -43,7 +43,9 @@ _POOL_HELP = (
 class TimmAttentionSite(AttentionSite):
     """A timm ``Attention`` module with a fused ``qkv`` projection."""
 
-    def __init__(self, module: nn.Module, block_index: int, model_name: str) -> None:
+    module: Foreign
+
+    def __init__(self, module: Foreign, block_index: int, model_name: str) -> None:
         required = ("qkv", "q_norm", "k_norm", "proj", "num_heads")
         missing = [name for name in required if not hasattr(module, name)]
         if missing:
@@ -102,7 +104,9 @@ class TimmRecomputeSite(AttentionSite):
     """A timm attention module whose [class] attention row the site forms from the module's input:
     BEiT, EVA / EVA02 / DINOv3 (``EvaAttention``, ``AttentionRope``), ``RelPosAttention``."""
 
-    def __init__(self, module: nn.Module, block_index: int, model_name: str) -> None:
+    module: Foreign
+
+    def __init__(self, module: Foreign, block_index: int, model_name: str) -> None:
         has_qkv = getattr(module, "qkv", None) is not None
         has_split = all(getattr(module, p, None) is not None for p in ("q_proj", "k_proj", "v_proj"))
         if not (has_qkv or has_split) or not hasattr(module, "proj"):
@@ -230,6 +234,8 @@ class TimmRecomputeSite(AttentionSite):
 class TimmAdapter(Adapter):
     """timm ``VisionTransformer`` family."""
 
+    model: Foreign
+
     family = "timm"
     library = "timm"
 
@@ -257,7 +263,7 @@ class TimmAdapter(Adapter):
                 + _POOL_HELP.format(what=f"{pool}-pooled patch tokens")
             )
 
-    def class_attention_blocks(self) -> Sequence[nn.Module] | None:
+    def class_attention_blocks(self) -> Sequence[Foreign] | None:
         """CaiT's ``blocks_token_only`` / XCiT's ``cls_attn_blocks``, where the [class] token attends."""
         for name in ("blocks_token_only", "cls_attn_blocks"):
             blocks = getattr(self.model, name, None)

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from vitflow.adapters.base import Adapter, AttentionSite
+from vitflow.adapters.base import Adapter, AttentionSite, Foreign
 from vitflow.adapters.mha import MultiheadAttentionSite
 
 
 class TorchvisionAdapter(Adapter):
+    model: Foreign
+
     family = "torchvision"
     library = "torchvision"
 

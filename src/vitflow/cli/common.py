@@ -236,7 +236,7 @@ def load_named_model(args: argparse.Namespace, headless: bool = False, texts=Non
                 raise ValueError(f"--{option.replace('_', '-')} needs --model (the architecture it is for)")
         model, preprocessing = load_demo_model()
         if headless:
-            model.reset_classifier(0)
+            model.reset_classifier(0)  # type: ignore[operator]  # timm's VisionTransformer method
         return LoadedModel(model, preprocessing, list(CLASS_NAMES), NAME)
     return load_model(
         args.model, args.checkpoint, headless=headless, texts=texts or getattr(args, "text", None),

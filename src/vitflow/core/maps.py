@@ -3,6 +3,8 @@ upsampling. Pure tensor math."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -15,7 +17,7 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (maps - lo) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear resize (half-pixel centres, ``align_corners=False``) of ``(..., h, w)`` maps to
     ``(..., H, W)``; the dtype is kept (integer maps are resized in float32)."""
     lead, (h, w) = maps.shape[:-2], maps.shape[-2:]

@@ -56,7 +56,8 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
-        if rgba.getchannel("A").getextrema()[0] < 255:
+        opaque = rgba.getchannel("A").getextrema()[0]  # one band: (min, max) numbers
+        if opaque < 255:  # type: ignore[operator]  # Pillow types extrema for every band count
             notes.append("transparent pixels composited on white")
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -106,7 +107,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> 
                 orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
                 if orientation not in (1, None):
                     notes.append(f"turned upright by its EXIF orientation ({orientation})")
-                    image = ImageOps.exif_transpose(image)
+                    image = ImageOps.exif_transpose(image)  # type: ignore[assignment]  # an Image, no longer the file
                 return LoadedImage(_to_rgb(image, notes), notes)
     except ImageLoadError:
         raise

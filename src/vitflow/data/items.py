@@ -40,11 +40,16 @@ def boxes_mask(xml_path: Path) -> np.ndarray:
     """The union of an ImageNet (ILSVRC / PASCAL VOC) annotation's boxes as an ``(H, W)`` mask."""
     import xml.etree.ElementTree as ET
 
+    def number(node: ET.Element, path: str) -> int:
+        text = node.findtext(path)
+        if text is None:
+            raise ValueError(f"{xml_path}: no <{path}> in the box annotation")
+        return int(float(text))
+
     root = ET.parse(xml_path).getroot()
-    width, height = int(root.findtext("size/width")), int(root.findtext("size/height"))
-    mask = np.zeros((height, width), dtype=bool)
+    mask = np.zeros((number(root, "size/height"), number(root, "size/width")), dtype=bool)
     for box in root.iter("bndbox"):
-        x0, y0, x1, y1 = (int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        x0, y0, x1, y1 = (number(box, k) for k in ("xmin", "ymin", "xmax", "ymax"))
         mask[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True  # ILSVRC boxes are inclusive
     return mask
 

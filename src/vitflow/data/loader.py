@@ -105,7 +105,7 @@ def collate(samples: list) -> Batch:
 
 
 def batches(
-    dataset: ImageFiles, plan: Sequence[Sequence[int]], workers: int = 0, pin_memory: bool = False
+    dataset: Dataset, plan: Sequence[Sequence[int]], workers: int = 0, pin_memory: bool = False
 ) -> Iterator[Batch]:
     """The batches of ``plan`` (index lists), in order, decoded by ``workers`` processes (0: here)."""
     if workers == 0:

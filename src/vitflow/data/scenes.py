@@ -80,7 +80,9 @@ def _unit_area(shape: str) -> float:
         return _polygon_area(_POLYGONS[shape])
     grid = np.linspace(-1, 1, 801)
     u, v = np.meshgrid(grid, grid)
-    return float(_unit_mask(shape, u, v).mean() * 4.0)
+    mask = _unit_mask(shape, u, v)
+    assert mask is not None  # every shape without a polygon has an analytic mask
+    return float(mask.mean() * 4.0)
 
 
 _UNIT_AREAS = {shape: _unit_area(shape) for shape in ("disc", "crescent", *_POLYGONS)}
@@ -228,7 +230,9 @@ def generate_scene(seed: int, index: int, size: int = 224, objects: int = 1) -> 
     _draw_clutter(rng, canvas, size)
     image = np.asarray(canvas).astype(np.float64)
     low, high = (0.30, 0.48) if objects == 1 else (0.28, 0.36)
-    masks, boxes, taken = [], [], []
+    masks: list[np.ndarray] = []
+    boxes: list[list[int]] = []
+    taken: list[tuple[float, float, float]] = []
     for label in labels:
         _, shape, pattern = CLASSES[label]
         diameter = rng.uniform(low, high) * size

@@ -54,6 +54,8 @@ def attention_rollout(
             fused = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
             fused = fused / fused.sum(dim=-1, keepdim=True)
         rollout = fused if rollout is None else fused @ rollout
+    if rollout is None:
+        raise ValueError("attention rollout needs at least one attention block")
     return _patches(rollout[:, 0], trace)
 
 
@@ -74,6 +76,8 @@ def generic_attention(trace: AttentionTrace) -> torch.Tensor:
                 weighted
             )
         relevance = relevance + weighted @ relevance
+    if relevance is None:
+        raise ValueError("generic attention needs at least one attention block")
     return _patches(relevance[:, 0], trace)
 
 

@@ -78,6 +78,9 @@ def trace_attention(
         with capture.run(x, target, input_grad=input_grad) as p, torch.no_grad():
             attention, attention_grad = [], []
             for record in capture.records:
+                assert isinstance(record, FullBlockRecord)  # record_type above
+                assert record.q is not None and record.k is not None and record.v is not None
+                assert record.output_grad is not None  # the capture's backward pass filled it
                 work = torch.promote_types(record.k.dtype, torch.float32)
                 q, k, v = record.q.to(work), record.k.to(work), record.v.to(work)
                 a = torch.softmax(q @ k.transpose(-1, -2) * record.scale, dim=-1)  # b h nq n

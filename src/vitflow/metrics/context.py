@@ -18,3 +18,10 @@ class ScoringContext:
     x: torch.Tensor
     target: torch.Tensor
     masks: torch.Tensor | None = None
+
+    @property
+    def object_masks(self) -> torch.Tensor:
+        """``masks``, for the metrics registered with ``needs_mask=True`` (never run without them)."""
+        if self.masks is None:
+            raise ValueError("this metric needs object masks: evaluate a scenes folder or give --boxes")
+        return self.masks

@@ -78,14 +78,14 @@ def perturbation_test(
         order = order.flip(dims=[1])
     counts = [round(f * height * width) for f in fractions]
     grid = torch.tensor(list(fractions), dtype=torch.float64)
-    probability, accuracy = [], []
+    probabilities, hits = [], []
     for i in range(len(x)):
         p, hit = _sweep(
             forward, x[i], order[i], int(target[i]), counts, x[i], torch.full_like(x[i], fill), batch_size
         )
-        probability.append(p.double().cpu())
-        accuracy.append(hit.double().cpu())
-    probability, accuracy = torch.stack(probability), torch.stack(accuracy)
+        probabilities.append(p.double().cpu())
+        hits.append(hit.double().cpu())
+    probability, accuracy = torch.stack(probabilities), torch.stack(hits)
     return {
         "accuracy": accuracy,
         "probability": probability,

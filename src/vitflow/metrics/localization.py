@@ -7,6 +7,8 @@ overlays show them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from vitflow.core.maps import minmax, upsample
@@ -14,7 +16,7 @@ from vitflow.metrics.context import ScoringContext
 from vitflow.registry import register_metric
 
 
-def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``(B, h, w)`` maps -> ``(B, H, W)`` float32, bilinear (half-pixel centres), as overlays show them."""
     return upsample(maps.float(), size)
 
@@ -94,28 +96,28 @@ def segmentation_scores(maps: torch.Tensor, masks: torch.Tensor, ap: bool = True
 @register_metric("pointing_game", higher_is_better=True, needs_mask=True, per_block=True)
 def _pointing_game(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
     """Whether the map's maximum lies on the object."""
-    return pointing_game(maps, context.masks).double()
+    return pointing_game(maps, context.object_masks).double()
 
 
 @register_metric("energy", higher_is_better=True, needs_mask=True, per_block=True)
 def _energy(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
     """Share of the map's mass on the object (energy-based pointing game)."""
-    return energy_pointing_game(maps, context.masks).double()
+    return energy_pointing_game(maps, context.object_masks).double()
 
 
 @register_metric("pixel_accuracy", higher_is_better=True, needs_mask=True, per_block=True)
 def _pixel_accuracy(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
     """Pixel accuracy of the map binarised at its mean (Chefer et al.'s segmentation test)."""
-    return segmentation_scores(maps, context.masks, ap=False)["pixel_accuracy"]
+    return segmentation_scores(maps, context.object_masks, ap=False)["pixel_accuracy"]
 
 
 @register_metric("miou", higher_is_better=True, needs_mask=True, per_block=True)
 def _miou(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
     """Mean of foreground and background IoU of the binarised map."""
-    return segmentation_scores(maps, context.masks, ap=False)["miou"]
+    return segmentation_scores(maps, context.object_masks, ap=False)["miou"]
 
 
 @register_metric("ap", higher_is_better=True, needs_mask=True, per_block=True)
 def _ap(maps: torch.Tensor, context: ScoringContext) -> torch.Tensor:
     """Average precision of the normalised map for the object's pixels."""
-    return segmentation_scores(maps, context.masks)["ap"]
+    return segmentation_scores(maps, context.object_masks)["ap"]

@@ -58,9 +58,10 @@ def cascading_randomization(
                     p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
         maps = explain(randomized)  # outside no_grad: gradient methods need autograd
         if isinstance(original, dict):
+            assert isinstance(maps, dict)  # the same explain function
             rows.append({name: spearman(original[name], maps[name]) for name in original})
         else:
-            rows.append(spearman(original, maps))
-    if isinstance(original, dict):
-        return {name: torch.stack([row[name] for row in rows]) for name in original}
-    return torch.stack(rows)
+            assert isinstance(maps, torch.Tensor)
+            rows.append({"": spearman(original, maps)})
+    stacked = {name: torch.stack([row[name] for row in rows]) for name in rows[0]} if rows else {}
+    return stacked if isinstance(original, dict) else stacked.get("", torch.empty(0))

@@ -45,8 +45,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"checkpoint {path}: cannot be read as safetensors or a weights-only torch file ({first_line})"
         ) from None
     for key in _WRAPPER_KEYS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+        inner = state.get(key) if isinstance(state, dict) else None
+        if isinstance(inner, dict):
+            state = inner
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"checkpoint {path}: does not hold a state dict of tensors")

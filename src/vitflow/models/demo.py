@@ -8,6 +8,7 @@ Trained by ``scripts/train_demo_model.py``; the weights and the model card ship 
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from timm.layers import PatchEmbed
 from torch import nn
@@ -20,7 +21,7 @@ MODEL_CARD = "demo_vit.md"
 BANK = "demo_bank.bank"
 
 # timm VisionTransformer arguments of the demo architecture: 96 px input, 8 px patches (12x12 grid)
-ARCHITECTURE = dict(
+ARCHITECTURE: dict[str, Any] = dict(
     img_size=96,
     patch_size=8,
     embed_dim=192,
@@ -49,7 +50,7 @@ class ConvStemPatchEmbed(PatchEmbed):
     "Early Convolutions Help Transformers See Better", NeurIPS 2021)."""
 
     def __init__(self, *args, embed_dim: int = 768, in_chans: int = 3, bias: bool = True, **kwargs) -> None:
-        super().__init__(*args, embed_dim=embed_dim, in_chans=in_chans, bias=bias, **kwargs)
+        super().__init__(*args, embed_dim=embed_dim, in_chans=in_chans, bias=bias, **kwargs)  # type: ignore[misc]
         if self.patch_size != (8, 8):
             raise ValueError(f"the demo stem downsamples by 8, got patch size {self.patch_size}")
         widths = (in_chans, 32, 64, 128)
@@ -61,14 +62,14 @@ class ConvStemPatchEmbed(PatchEmbed):
                 nn.ReLU(),
             ]
         layers.append(nn.Conv2d(widths[-1], embed_dim, 1, bias=bias))
-        self.proj = nn.Sequential(*layers)
+        self.proj = nn.Sequential(*layers)  # type: ignore[assignment]  # the stem replaces the patchify conv
 
 
 def build_demo_model() -> nn.Module:
     """The demo architecture with random weights (timm's ``VisionTransformer``)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    model = VisionTransformer(**ARCHITECTURE, embed_layer=ConvStemPatchEmbed)
+    model: Any = VisionTransformer(**ARCHITECTURE, embed_layer=ConvStemPatchEmbed)
     model.pretrained_cfg = {**DATA_CONFIG, "num_classes": len(CLASS_NAMES), "architecture": NAME}
     return model
 
@@ -103,7 +104,7 @@ def load_demo_backbone() -> tuple[nn.Module, Preprocessing]:
     """The demo model without its classifier (``num_classes=0``): its output is the [class] token
     after the final norm, the feature the shipped memory bank holds."""
     model, preprocessing = load_demo_model()
-    model.reset_classifier(0)
+    model.reset_classifier(0)  # type: ignore[operator]  # timm's VisionTransformer method
     return model, preprocessing
 
 

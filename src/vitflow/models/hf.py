@@ -131,7 +131,7 @@ def build_small(spec: dict) -> nn.Module:
             depths=[1, 1],
             num_heads=[2, 2],
             window_size=4,
-            num_labels=5,
+            num_labels=5,  # type: ignore[call-arg]  # a PretrainedConfig keyword the stubs leave out
         )
     else:
         config = cls.config_class(**_HF_SMALL, num_labels=5)

@@ -45,7 +45,7 @@ def class_token_backbone_kwargs(name: str) -> dict:
         return {}
     if getattr(model, "cls_token", None) is None or getattr(model, "global_pool", "token") != "avg":
         return {}
-    kwargs = {"global_pool": "token"}
+    kwargs: dict[str, object] = {"global_pool": "token"}
     if isinstance(getattr(model, "fc_norm", None), nn.Module) and not isinstance(model.fc_norm, nn.Identity):
         params = inspect.signature(type(model).__init__).parameters
         flag = next((p for p in ("use_fc_norm", "fc_norm") if p in params), None)

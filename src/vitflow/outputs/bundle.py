@@ -136,6 +136,7 @@ def write_bundle(
     out_dir = Path(out_dir)
     on_original = options.on == "original" and original is not None and box is not None
     if on_original:
+        assert original is not None and box is not None  # on_original says so
         display = Display.of_original(original, box, options.display_size)
     else:
         display = Display.of_crop(image, options.display_size)
@@ -143,7 +144,10 @@ def write_bundle(
     width = max(2, math.ceil(math.log10(result.num_blocks + 1)))
     manifest = {"vitflow_version": __version__, **metadata, **describe(result, names)}
     label = manifest["target"].get("name", "")
-    frames, files = [], {"input": "input.png", "blocks": [], "gif": "flow.gif", "final": "final.png"}
+    frames: list[Image.Image] = []  # the labelled GIF frames
+    blocks: list[str] = []  # the block pictures' names
+    files: dict[str, object] = {"input": "input.png", "blocks": blocks, "gif": "flow.gif"}
+    files["final"] = "final.png"
     write_bytes_atomic(out_dir / "input.png", _png(image))
     for b in range(result.num_blocks):
         frame = display.overlay(
@@ -151,7 +155,7 @@ def write_bundle(
         )
         name = f"block_{b + 1:0{width}d}.png"
         write_bytes_atomic(out_dir / name, _png(frame))
-        files["blocks"].append(name)
+        blocks.append(name)
         manifest["blocks"][b]["file"] = name
         frames.append(label_frame(frame, f"block {b + 1}/{result.num_blocks}  {label}"))
     write_bytes_atomic(out_dir / "final.png", _png(np.asarray(frames[-1].convert("RGB"))))

@@ -17,7 +17,8 @@ _JET_SEGMENTS = {
 def _builtin_jet() -> np.ndarray:
     levels = np.linspace(0.0, 1.0, 256)
     channels = [
-        np.interp(levels, *zip(*_JET_SEGMENTS[name], strict=True)) for name in ("red", "green", "blue")
+        np.interp(levels, [x for x, _ in _JET_SEGMENTS[name]], [y for _, y in _JET_SEGMENTS[name]])
+        for name in ("red", "green", "blue")
     ]
     return np.stack(channels, axis=1)
 

@@ -69,7 +69,7 @@ _NORMALIZERS = {"sigmoid": sigmoid_normalize, "global": global_normalize, "minma
 
 
 def to_uint8(
-    maps: torch.Tensor | np.ndarray, size: tuple[int, int] | None = None, mode: Mode = "sigmoid"
+    maps: torch.Tensor | np.ndarray, size: tuple[int, int] | None = None, mode: Mode | str = "sigmoid"
 ) -> np.ndarray:
     """One image's accumulated maps as 8-bit heatmaps.
 

@@ -91,7 +91,8 @@ class CropBoxes:
     def __init__(self, preprocessing) -> None:
         import threading
 
-        self.preprocessing, self._boxes, self._lock = preprocessing, {}, threading.Lock()
+        self.preprocessing, self._lock = preprocessing, threading.Lock()
+        self._boxes: dict[tuple, Box | None] = {}
 
     def box(self, height: int, width: int) -> Box | None:
         with self._lock:

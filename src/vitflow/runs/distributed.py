@@ -26,10 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from vitflow.atomic import atomic_path, write_json_atomic
+
+
+T = TypeVar("T")
 
 
 class RankFailure(RuntimeError):
@@ -56,7 +60,7 @@ class Group:
         if self.distributed:
             torch.distributed.barrier()
 
-    def gather(self, value: object) -> list:
+    def gather(self, value: T) -> list[T]:
         """Every rank's ``value`` (any JSON-able object), in rank order, on every rank."""
         if not self.distributed:
             return [value]
@@ -64,7 +68,7 @@ class Group:
         torch.distributed.all_gather_object(out, value)
         return out
 
-    def first(self, value: object) -> object:
+    def first(self, value: T) -> T:
         """Rank 0's ``value`` on every rank (what it read from disk, for one shared view)."""
         return self.gather(value)[0]
 
@@ -176,7 +180,7 @@ class Ledger:
 
     def todo(self, suffix: str) -> list[int]:
         """The chunks without a finished file, as rank 0 sees them (one view for every rank)."""
-        missing = None
+        missing: list[int] = []  # only rank 0's view counts
         if self.group.is_main:
             missing = [c for c in range(len(self.keys)) if not self.path(c, suffix).exists()]
         return self.group.first(missing)

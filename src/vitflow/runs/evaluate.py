@@ -76,8 +76,9 @@ def _batches(
         chosen = [items[i] for i in batch.indices]
         target = torch.tensor([item.target for item in chosen], device=device)
         masks = None
-        if all(m is not None for m in batch.extras):
-            masks = torch.stack(batch.extras).to(device)
+        extras = [m for m in batch.extras if m is not None]
+        if len(extras) == len(batch.extras):
+            masks = torch.stack(extras).to(device)
         yield _Inputs(chosen, batch.x.to(device, non_blocking=True), target, masks, errors)
 
 
@@ -208,15 +209,16 @@ def _score_batch(
     each block of ``per_block_methods`` by the per-block metrics, and ``saved`` maps ``(B, h, w)``
     as method ``saved``."""
     x, target = batch.x, batch.target
+    assert x is not None and target is not None  # batches of readable items only
     maps = explain_all(adapter, x, target, methods)
     if saved is not None:
         maps["saved"] = saved
         methods = [*methods, "saved"]
     with torch.no_grad():
-        correct = (adapter.forward(x).argmax(1) == target).cpu()
+        correct = adapter.forward(x).argmax(1).eq(target).cpu()
     context = ScoringContext(adapter.forward, x, target, batch.masks)
     scores = {m: score_maps(context, maps[m], metrics) for m in methods}
-    per_block = {}
+    per_block: dict[str, list[dict[str, torch.Tensor]]] = {}
     for m in per_block_methods if per_block_metrics else ():
         flow = maps[f"{m}/flow"]
         empty = (flow.flatten(2).abs().amax(dim=-1) == 0).cpu()  # (B, L): nothing accumulated yet
@@ -273,12 +275,14 @@ def sanity_check(
             continue
         used += len(batch.items)
         x, target = batch.x, batch.target
+        assert target is not None  # a readable batch has both
 
         def explain(m: nn.Module, x=x, target=target) -> dict[str, torch.Tensor]:
             maps = explain_all(adapter_for(m), x, target, methods)
             return {name: maps[name] for name in methods}
 
         rows = cascading_randomization(adapter.model, explain, lambda m: adapter_for(m).blocks(), seed=seed)
+        assert isinstance(rows, dict)  # explain returns a dict of maps
         for name, row in rows.items():
             sums[name] = sums.get(name, 0) + row.double().sum(dim=1).cpu()
     correlation = {name: (total / used).tolist() for name, total in sums.items()}

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,9 @@ from vitflow.data.images import MAX_PIXELS, collect_images, read_image
 from vitflow.data.loader import ImageFiles, batches, default_writers
 from vitflow.data.preprocess import Preprocessing
 from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
+from vitflow.core.daam import Rho
 from vitflow.explainer.daam import DAAM
+from vitflow.explainer.result import DAAMResult
 from vitflow.atomic import write_bytes_atomic, write_json_atomic
 from vitflow.outputs.maps import save_shard
 from vitflow.runs.progress import Progress
@@ -93,7 +96,8 @@ class _Writers:
 
     def __init__(self, threads: int, bound: int) -> None:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="vitflow-writer") if threads else None
-        self.bound, self.pending = max(1, bound), deque()
+        self.bound = max(1, bound)
+        self.pending: deque[tuple[Future, Callable[[object], None]]] = deque()
 
     def submit(self, handle: Callable[[object], None], work: Callable[[], object]) -> None:
         future: Future = Future()
@@ -161,7 +165,7 @@ def explain_files(
     images: bool = True,
     device: torch.device | str = "cpu",
     adapter: Adapter | type[Adapter] | None = None,
-    rho: str | None = None,
+    rho: Rho | None = None,
     normalize_blocks: bool = False,
     max_pixels: int | None = MAX_PIXELS,
     group: Group = SINGLE,
@@ -208,9 +212,10 @@ def explain_files(
     jobs = image_jobs(inputs, out)
     report = ExplainReport(total=len(jobs))
     per_image = isinstance(target, Sequence) and not isinstance(target, str | bytes)
-    if per_image and len(target) != len(jobs):
+    targets: Sequence = target if isinstance(target, Sequence) and per_image else ()
+    if per_image and len(targets) != len(jobs):
         raise ValueError(
-            f"got {len(target)} targets for {len(jobs)} images; give one per image or one for all"
+            f"got {len(targets)} targets for {len(jobs)} images; give one per image or one for all"
         )
     if not jobs:
         return report
@@ -262,7 +267,7 @@ def explain_files(
                 continue
             started = time.perf_counter()
             x = batch.x.to(device, non_blocking=True)
-            explained_target = [target[i] for i in batch.indices] if per_image else target
+            explained_target = [targets[i] for i in batch.indices] if per_image else target
             result = daam(x, target=explained_target).to("cpu")
             timings["model"] += time.perf_counter() - started
             if save_maps:
@@ -313,6 +318,7 @@ def explain_files(
         pool.collect(everything=True)  # the chunk is recorded only when all its files are
         timings["write"] += time.perf_counter() - started
         if shard:
+            assert save_maps is not None  # only then are maps kept
             merged = _cat_results([r for r, _, _ in shard])
             save_shard(
                 out / "maps" / f"chunk_{chunk:06d}.safetensors", merged,
@@ -339,12 +345,12 @@ def explain_files(
     return _merge(report, ledger, len(plan), set(todo), out, options.html and images, metadata, group)
 
 
-def _cat_results(results: list) -> object:
+def _cat_results(results: list[DAAMResult]) -> DAAMResult:
     from dataclasses import fields as dataclass_fields
     from dataclasses import replace
 
     first = results[0]
-    joined = {
+    joined: dict[str, Any] = {  # the tensor fields, batch-concatenated; the rest as the first's
         f.name: torch.cat([getattr(r, f.name) for r in results])
         for f in dataclass_fields(first)
         if isinstance(getattr(first, f.name), torch.Tensor)
@@ -357,7 +363,7 @@ def _merge(
     metadata: dict | None, group: Group,
 ) -> ExplainReport:  # fmt: skip
     """Rank 0 reads every chunk's record: the run's failures and counts, and ``OUT/index.html``."""
-    merged = None
+    merged: dict = {}  # only rank 0's counts
     if group.is_main:
         ledger.prune(".json")
         for stale in sorted((out / "maps").glob("chunk_*.safetensors")):

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitflow.core.maps import upsample
+from vitflow.data.gtsegs import GtSegs
 from vitflow.data.images import ImageLoadError, read_image
 from vitflow.data.loader import batches
 from vitflow.data.preprocess import Preprocessing
@@ -64,12 +65,12 @@ class Source:
 
     names: list[str]
     labels: list[int]  # -1 where unknown
-    segs: object | None = None  # GtSegs
+    segs: GtSegs | None = None
     paths: list[Path] | None = None
 
     @classmethod
     def open(cls, data: str | Path) -> Source:
-        from vitflow.data.gtsegs import GtSegs, is_gtsegs
+        from vitflow.data.gtsegs import is_gtsegs
 
         if is_gtsegs(data):
             segs = GtSegs(data)
@@ -99,9 +100,11 @@ class _Samples(Dataset):
         try:
             if source.segs is not None:
                 image = source.segs.image(index)
-                mask = Image.fromarray(source.segs.mask(index).astype(np.uint8))
-                mask = torch.from_numpy(np.asarray(mask.resize(self.size[::-1], Image.NEAREST)) > 0)
+                drawn = Image.fromarray(source.segs.mask(index).astype(np.uint8))
+                resized = drawn.resize(self.size[::-1], Image.Resampling.NEAREST)
+                mask = torch.from_numpy(np.asarray(resized) > 0)
                 return index, self.preprocessing(image), [], mask, None
+            assert source.paths is not None  # a Source has masks or paths
             loaded = read_image(source.paths[index])
             return index, self.preprocessing(loaded.image), loaded.notes, None, None
         except ImageLoadError as error:
