@@ -10,10 +10,11 @@ from vitflow.cli.common import (
     EXIT_USAGE,
     add_model_options,
     add_scale_options,
+    command_errors,
     load_named_model,
     one_line,
     positive_int,
-    rank_failed,
+    refuse,
     resolve_device,
     say_error,
     say_note,
@@ -82,7 +83,6 @@ def run_build(args: argparse.Namespace) -> int:
     from vitflow.adapters import model_identity
     from vitflow.data.folders import list_labelled_images
     from vitflow.runs.bank_build import build_bank
-    from vitflow.runs.distributed import RankFailure
 
     try:
         group, device = resolve_device(args.device)
@@ -95,11 +95,8 @@ def run_build(args: argparse.Namespace) -> int:
             model_name=name, batch_size=args.batch_size, chunk_images=args.chunk, half=args.half,
             device=device, progress=not args.quiet, on_error=say_error, workers=args.workers, group=group,
         )  # fmt: skip
-    except RankFailure as error:
-        return rank_failed(error)
-    except usage_errors() as error:
-        say_error(one_line(error))
-        return EXIT_USAGE
+    except command_errors() as error:
+        return refuse(error)
     skipped = bank.metadata.get("skipped_images", 0)
     if group.rank:
         return EXIT_SOME_FAILED if skipped else EXIT_OK

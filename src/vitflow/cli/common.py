@@ -271,7 +271,6 @@ def check_render_options(args: argparse.Namespace) -> tuple[int, ...] | None:
 def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
     """Explain image files and folders into ``args.out``; report each failure on one line and carry on."""
     from vitflow.outputs.bundle import RenderOptions
-    from vitflow.runs.distributed import RankFailure
     from vitflow.runs.explain import explain_files
 
     try:
@@ -305,11 +304,8 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
             rho=args.rho, normalize_blocks=args.normalize_blocks, max_pixels=args.max_pixels, group=group,
             on_error=say_error, on_note=say_note, on_done=say_done, progress=not args.quiet,
         )  # fmt: skip
-    except RankFailure as error:
-        return rank_failed(error)
-    except usage_errors() as error:
-        say_error(one_line(error))
-        return EXIT_USAGE
+    except command_errors() as error:
+        return refuse(error)
     if report.total == 0:
         say_error(f"no images found in {', '.join(images)}")
         return EXIT_USAGE
@@ -322,6 +318,16 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def rank_failed(error: BaseException) -> int:
+def command_errors() -> tuple[type[BaseException], ...]:
+    """What a command answers in one line (:func:`refuse`): a lost or failed rank, bad input."""
+    from vitflow.runs.distributed import RankFailure
+
+    return (RankFailure, *usage_errors())
+
+
+def refuse(error: BaseException) -> int:
+    """One line for ``error``; exit status 3 for a failed rank, else 2 (bad input)."""
+    from vitflow.runs.distributed import RankFailure
+
     say_error(one_line(error))
-    return EXIT_RANK_FAILED
+    return EXIT_RANK_FAILED if isinstance(error, RankFailure) else EXIT_USAGE

@@ -8,17 +8,15 @@ from pathlib import Path
 from vitflow.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
-    EXIT_USAGE,
     add_model_options,
     add_scale_options,
+    command_errors,
     load_named_model,
-    one_line,
     positive_int,
-    rank_failed,
+    refuse,
     resolve_device,
     say_error,
     say_note,
-    usage_errors,
 )
 from vitflow.methods.run import check_flow_methods, method_names
 from vitflow.metrics.run import default_per_block_metrics, metric_names
@@ -104,7 +102,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitflow.data.items import dataset_classes, read_items
     from vitflow.methods.run import check_names
-    from vitflow.runs.distributed import RankFailure
     from vitflow.runs.evaluate import evaluate, sanity_check
     from vitflow.runs.progress import Progress
 
@@ -155,11 +152,8 @@ def run(args: argparse.Namespace) -> int:
                 loaded.model, loaded.preprocessing, items[: args.sanity], args.out,
                 methods=args.methods.split(","), batch_size=args.batch_size, device=device,
             )  # fmt: skip
-    except RankFailure as error:
-        return rank_failed(error)
-    except usage_errors() as error:
-        say_error(one_line(error))
-        return EXIT_USAGE
+    except command_errors() as error:
+        return refuse(error)
     print(
         f"evaluated {summary['items']} items (model accuracy {summary['accuracy']:.3f}) -> "
         f"{args.out}/results.md"
@@ -182,7 +176,6 @@ def run(args: argparse.Namespace) -> int:
 def _run_chefer(args: argparse.Namespace) -> int:
     from vitflow.methods.run import check_names
     from vitflow.metrics.run import metric_names
-    from vitflow.runs.distributed import RankFailure
     from vitflow.runs.progress import Progress
     from vitflow.runs.protocol import Source, evaluate_chefer
 
@@ -216,11 +209,8 @@ def _run_chefer(args: argparse.Namespace) -> int:
             chunk_items=args.chunk, workers=args.workers, group=group, limit=args.limit,
         )  # fmt: skip
         progress.close()
-    except RankFailure as error:
-        return rank_failed(error)
-    except usage_errors() as error:
-        say_error(one_line(error))
-        return EXIT_USAGE
+    except command_errors() as error:
+        return refuse(error)
     if group.rank:
         return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK
     accuracy = "" if summary["accuracy"] is None else f" (model accuracy {summary['accuracy']:.3f})"
