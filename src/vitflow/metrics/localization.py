@@ -74,7 +74,8 @@ def segmentation_scores(maps: torch.Tensor, masks: torch.Tensor, ap: bool = True
     """Chefer et al.'s ImageNet-segmentation protocol, per image: the upsampled map is min-max
     normalised and binarised at its mean; returns ``pixel_accuracy``, ``miou`` (mean of foreground
     and background IoU) and ``ap`` (average precision of the normalised map for the foreground),
-    each ``(B,)`` (``ap=False`` skips the average precision, the costly part)."""
+    each ``(B,)`` (``ap=False`` skips the average precision, the costly part). Per image on
+    purpose; :mod:`vitflow.metrics.protocol` has their code's dataset-summed version."""
     big, truth = _prepare(maps, masks)
     unit = minmax(big)
     predicted = unit > unit.mean(dim=1, keepdim=True)
