@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitflow.adapters import Adapter, resolve_adapter
+from vitflow.adapters import Adapter, model_identity, resolve_adapter
+from vitflow.atomic import atomic_path
 from vitflow.data.folders import LabelledImages
 from vitflow.data.loader import ImageFiles, batches
 from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, describer, run_chunks
-from vitflow.atomic import atomic_path
 from vitflow.runs.progress import Progress
-from vitflow.adapters import model_identity
 from vitflow.targets.bank import FORMAT, MemoryBank
 from vitflow.version import __version__
 

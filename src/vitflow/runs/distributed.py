@@ -32,7 +32,6 @@ import torch
 
 from vitflow.atomic import atomic_path, write_json_atomic
 
-
 T = TypeVar("T")
 
 

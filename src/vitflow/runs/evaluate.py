@@ -10,30 +10,24 @@ joins them into ``OUT/records.jsonl`` in item order, then the summary.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from vitflow.adapters import Adapter, resolve_adapter
-from vitflow.methods import MethodInputs
+from vitflow.adapters import Adapter, model_identity, resolve_adapter
+from vitflow.atomic import write_bytes_atomic, write_json_atomic
+from vitflow.data.items import Item, load_mask, mask_at
 from vitflow.data.loader import ImageFiles, batches
 from vitflow.data.preprocess import Preprocessing
-from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
-from vitflow.atomic import atomic_path, write_bytes_atomic, write_json_atomic
-from vitflow.outputs.maps import SavedMaps
-from vitflow.metrics import ScoringContext, cascading_randomization
-from vitflow.registry import METHODS, METRICS
-from vitflow.adapters import model_identity
-from vitflow.data.items import Item, load_mask, mask_at
 from vitflow.methods.run import applicable_methods, check_flow_methods, check_names, explain_all, method_names
+from vitflow.metrics import ScoringContext, cascading_randomization
 from vitflow.metrics.run import default_per_block_metrics, metric_names, score_maps
+from vitflow.outputs.maps import SavedMaps
+from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, describer, run_chunks
 from vitflow.runs.report import summarize
 
 

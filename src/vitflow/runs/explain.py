@@ -25,18 +25,18 @@ import torch
 from torch import nn
 
 from vitflow.adapters import Adapter
-from vitflow.outputs.bundle import RenderOptions, write_bundle
+from vitflow.atomic import write_bytes_atomic, write_json_atomic
+from vitflow.core.daam import Rho
 from vitflow.data.images import MAX_PIXELS, collect_images, read_image
 from vitflow.data.loader import ImageFiles, batches, default_writers
 from vitflow.data.preprocess import Preprocessing
-from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
-from vitflow.core.daam import Rho
 from vitflow.explainer.daam import DAAM
 from vitflow.explainer.result import DAAMResult
-from vitflow.atomic import write_bytes_atomic, write_json_atomic
+from vitflow.outputs.bundle import RenderOptions, write_bundle
 from vitflow.outputs.maps import save_shard
-from vitflow.runs.progress import Progress
 from vitflow.render.placement import CropBoxes
+from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
+from vitflow.runs.progress import Progress
 
 MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 

@@ -35,14 +35,13 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from vitflow.core.maps import upsample
+from vitflow.atomic import write_bytes_atomic, write_json_atomic
 from vitflow.data.gtsegs import GtSegs
 from vitflow.data.images import ImageLoadError, read_image
 from vitflow.data.loader import batches
 from vitflow.data.preprocess import Preprocessing
-from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
-from vitflow.atomic import write_bytes_atomic, write_json_atomic
 from vitflow.metrics.protocol import STEPS, auc, normalised_maps, perturbation_hits, segmentation_counts
+from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
 
 # -- data ------------------------------------------------------------------------------------------
 
@@ -140,9 +139,8 @@ def evaluate_chefer(
     """Run the protocol for every method over ``data``; write ``OUT/records.jsonl`` (per-image
     counts and hits), ``results.json`` and ``results.md``; return the summary. Resumable by chunk
     and shared across ``torchrun`` ranks like :func:`vitflow.runs.evaluate.evaluate`."""
-    from vitflow.adapters import resolve_adapter
+    from vitflow.adapters import model_identity, resolve_adapter
     from vitflow.methods.run import applicable_methods, check_names
-    from vitflow.adapters import model_identity
 
     check_names(methods, [])
     out = Path(out)
