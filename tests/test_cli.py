@@ -50,6 +50,7 @@ def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
             str(out),
             "--batch-size",
             "2",
+            "--blocks",
         ]
     )
     assert code == 0
@@ -69,7 +70,7 @@ def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
             "block_10.png",
             "block_11.png",
             "block_12.png",
-            "final.png",
+            "final.jpg",
             "flow.gif",
             "input.png",
             "manifest.json",
@@ -85,9 +86,11 @@ def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
         maxima = [block["map"]["max"] for block in manifest["blocks"]]
         assert maxima == sorted(maxima) and maxima[-1] > 0  # accumulated maps only grow
         gif = Image.open(folder / "flow.gif")
-        # drawn on the original photo (240 x 320, 200 x 200) enlarged to a 512 px long side
+        # drawn on the original photo (240 x 320, 200 x 200) enlarged to a 512 px long side; the
+        # animation at most 384 px
         shown = {"wide": (512, 384), "square": (512, 512)}[stem]
-        assert gif.n_frames == 12 and gif.size == shown
+        assert gif.n_frames == 12 and gif.size == {"wide": (384, 288), "square": (384, 384)}[stem]
+        assert Image.open(folder / "final.jpg").size == shown
         assert Image.open(folder / "input.png").size == (224, 224)  # the crop the model saw
         first, last = np.asarray(gif.convert("RGB")), None
         gif.seek(11)

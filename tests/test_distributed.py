@@ -66,7 +66,7 @@ def test_explain_under_torchrun_writes_what_one_process_writes(data):
         assert "vitflow: error: 1 of 12 images failed (11 explained)" in run.stderr
     assert "scene_000005.png" in two.stderr  # named by the rank that met it
     first, second = _files(data / "explain_one"), _files(data / "explain_two")
-    assert len(first) == 11 * 11 + 1  # input, 6 blocks, final, GIF, viewer, manifest per image; index.html
+    assert len(first) == 11 * 4 + 1  # final, GIF, viewer, manifest per image; index.html
     assert first.keys() == second.keys()
     assert [name for name in first if first[name] != second[name]] == []
     maps_one, maps_two = load_maps(data / "explain_one"), load_maps(data / "explain_two")

@@ -18,7 +18,7 @@ import transformers
 from PIL import Image
 from safetensors.torch import save_file
 
-from vitflow import DAAM
+from vitflow import DAAM, load_maps
 from vitflow.cli import main
 from vitflow.data.images import load_image
 from vitflow.data.items import read_items
@@ -215,7 +215,8 @@ def test_explain_a_folder_in_several_batches(family, data, tmp_path, capsys):
     ]
     for name, manifest in manifests.items():
         assert len(manifest["blocks"]) == manifest["num_blocks"] >= 2, name
-        assert len(list((out / name).glob("block_*.png"))) == manifest["num_blocks"]
+        files = sorted(p.name for p in (out / name).iterdir())
+        assert files == ["final.jpg", "flow.gif", "manifest.json"], name  # the default bundle
         assert manifest["blocks"][-1]["map"]["max"] > 0
         assert all(np.isfinite(b["map"]["sum"]) for b in manifest["blocks"])
     # content: the folder's last image (alone in the third batch) matches the library's map
@@ -224,6 +225,10 @@ def test_explain_a_folder_in_several_batches(family, data, tmp_path, capsys):
     assert list(final.shape) == manifest["grid"]
     assert manifest["blocks"][-1]["map"]["sum"] == pytest.approx(float(final.sum()), rel=1e-4)
     assert manifest["blocks"][-1]["map"]["argmax"] == list(divmod(int(final.argmax()), final.shape[1]))
+    saved = load_maps(out)  # every run keeps the maps: the same map, in float16
+    row = [Path(p).name for p in saved.images].index("wide.bmp")
+    tolerance = 1e-3 * float(final.max())
+    torch.testing.assert_close(saved.result.final[row].float(), final.float(), rtol=2e-3, atol=tolerance)
 
 
 def test_evaluate_every_method_in_several_batches(family, data, tmp_path, capsys):

@@ -112,9 +112,9 @@ def test_explain_draws_on_the_original_or_the_crop(tmp_path):
     assert manifest["render"]["on"] == "original" and manifest["render"]["display_size"] == [341, 512]
     box = manifest["render"]["crop_box"]  # the centre 224 x 224 of 336, scaled by 512 / 336
     assert box["left"] == pytest.approx(56 * 512 / 336, abs=2) and box["width"] == pytest.approx(341, abs=2)
-    assert Image.open(tmp_path / "a" / "wide" / "flow.gif").size == (512, 341)
-    assert "wide/final.png" in (tmp_path / "a" / "index.html").read_text()
-    final = np.asarray(Image.open(tmp_path / "a" / "wide" / "final.png").convert("RGB"))
+    assert Image.open(tmp_path / "a" / "wide" / "flow.gif").size == (384, 256)  # at most 384 px
+    assert "wide/final.jpg" in (tmp_path / "a" / "index.html").read_text()
+    final = np.asarray(Image.open(tmp_path / "a" / "wide" / "final.jpg").convert("RGB"))
     assert final.shape == (341, 512, 3)
     assert main(["explain", str(tmp_path / "wide.png"), "--out", str(tmp_path / "b"), "--on", "crop",
                  "--display-size", "200", "--quiet"]) == 0  # fmt: skip

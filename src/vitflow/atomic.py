@@ -37,11 +37,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
+    """``data`` into ``path`` atomically; ``durable``: on the disk before the rename (``fsync``),
+    so a power cut cannot leave the new name with no content. Pictures a manifest accounts for
+    skip it (the manifest, written last and durably, is what says a bundle is complete)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     return Path(path)
 
 

@@ -121,16 +121,27 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
         help="also write viewer.html per image (self-contained) and OUT/index.html",
     )
     parser.add_argument(
+        "--blocks", action="store_true",
+        help="also write input.png (the crop the model saw) and block_NN.png (the accumulated map after "
+        "each block, at the display size)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gif-size", type=positive_int, metavar="PX",
+        help="long side of flow.gif's frames (default: the display size, at most 384)",
+    )  # fmt: skip
+    parser.add_argument(
         "--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
         help=f"refuse images with more pixels (a guard against decompression bombs; default {MAX_PIXELS:,})",
     )  # fmt: skip
     parser.add_argument(
-        "--save-maps", nargs="?", const="float32", choices=("float32", "float16"), metavar="DTYPE",
-        help="also write the raw per-block maps, logits and targets to OUT/maps/chunk_NNNNNN.safetensors "
-        "(float32, or float16 for half the size); read them with vitflow.load_maps(OUT)",
+        "--save-maps", nargs="?", const="float32", default="float16", choices=("float32", "float16"),
+        metavar="DTYPE",
+        help="precision of the per-block maps, logits and targets every run keeps in "
+        "OUT/maps/chunk_NNNNNN.safetensors (default float16; --save-maps alone: float32, the exact "
+        "values); read them with vitflow.load_maps(OUT) or score them with vitflow evaluate --maps OUT",
     )  # fmt: skip
     parser.add_argument(
-        "--no-images", action="store_true", help="skip the pictures (with --save-maps: maps only)"
+        "--no-images", action="store_true", help="skip the pictures: the maps only (the fastest run)"
     )
     from vitflow.data.loader import default_writers
 
@@ -164,13 +175,13 @@ def add_model_options(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 BUNDLE_FILES = (
-    "OUT/<image name>/ receives input.png (the crop the model saw), block_NN.png (the accumulated map "
-    "after block NN, drawn on the original image where the crop came from, the rest dimmed; --on crop "
-    "draws on the crop), final.png (the last, labelled), flow.gif (the attention flow, block number on "
-    "each frame) and "
-    "manifest.json (model, image, top-5 classes, target, per-block map statistics); with --mp4, --figure "
-    "and --html also flow.mp4, figure.png/.pdf/.svg and viewer.html (plus OUT/index.html). Files are "
-    "written atomically; manifest.json comes last."
+    "OUT/<image name>/ receives final.jpg (the explanation, the accumulated map after the last block, "
+    "drawn on the original image where the model's crop came from, the rest dimmed; --on crop draws on "
+    "the crop), flow.gif (the attention flow, block number on each frame) and manifest.json (model, "
+    "image, top-5 classes, target, per-block map statistics); the maps themselves go to "
+    "OUT/maps/chunk_NNNNNN.safetensors (vitflow.load_maps). With --blocks also input.png and "
+    "block_NN.png (every block), with --mp4, --figure and --html also flow.mp4, figure.png/.pdf/.svg "
+    "and viewer.html (plus OUT/index.html). Files are written atomically; manifest.json comes last."
 )
 
 
@@ -274,8 +285,6 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
     from vitflow.runs.explain import explain_files
 
     try:
-        if args.no_images and not args.save_maps:
-            raise ValueError("--no-images leaves nothing to write: add --save-maps (maps only) or drop it")
         group, device = resolve_device(args.device)
         figure_blocks = check_render_options(args)
         loaded = load_named_model(args, headless=args.bank is not None)
@@ -291,6 +300,7 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
             mode=args.mode, alpha=args.alpha, image_weight=args.image_weight, cmap=args.cmap,
             gif_duration_ms=args.gif_duration, gif_loop=args.gif_loop, mp4=args.mp4, figure=args.figure,
             figure_blocks=figure_blocks, html=args.html, on=args.on, display_size=args.display_size,
+            blocks=args.blocks, gif_size=args.gif_size,
         )  # fmt: skip
         metadata = {
             "model": loaded.label,

@@ -56,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(images)} scenes (seed {args.seed}) to {scene_dir}")
     code = explain_into(args, images)
     if code == EXIT_OK:
-        print(f"explanations in {args.out}/scene_*/ (overlays, flow.gif, manifest.json)")
+        bundle = "final.jpg, flow.gif, manifest.json"
+        print(f"explanations in {args.out}/scene_*/ ({bundle}); maps in {args.out}/maps/")
     return code

@@ -13,14 +13,16 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vitflow.data.images import MAX_PIXELS, ImageLoadError, read_image
 
-# extra(index, image) -> a tensor that travels with the image (an evaluation mask), or None
-Extra = Callable[[int, object], torch.Tensor | None]
+# extra(index, image) -> what travels with the image (an evaluation mask, the photo at its display
+# size), picklable, or None
+Extra = Callable[[int, Any], Any]
 
 
 def _cores_per_rank() -> int:
@@ -54,7 +56,7 @@ class Batch:
     indices: list[int] = field(default_factory=list)
     x: torch.Tensor | None = None
     notes: list[list[str]] = field(default_factory=list)
-    extras: list[torch.Tensor | None] = field(default_factory=list)
+    extras: list[Any] = field(default_factory=list)
     errors: list[tuple[int, str]] = field(default_factory=list)
 
     def pin_memory(self) -> Batch:  # called by the DataLoader when pin_memory=True
@@ -83,9 +85,13 @@ class ImageFiles(Dataset):
         try:
             loaded = read_image(self.paths[index], self.max_pixels)
             tensor = self.preprocess(loaded.image)
+            extra = self.extra(index, loaded.image) if self.extra is not None else None
         except ImageLoadError as error:
             return index, None, [], None, str(error)
-        extra = self.extra(index, loaded.image) if self.extra is not None else None
+        except Exception as error:  # noqa: BLE001 - a transform or extra failing on one file costs that file
+            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+            return index, None, [], None, f"{self.paths[index]}: could not be prepared ({reason})"
         return index, tensor, loaded.notes, extra, None
 
 

@@ -44,13 +44,19 @@ def colormap_lut(name: str = "jet") -> np.ndarray:
 
 def apply_colormap(heatmap: np.ndarray, name: str = "jet") -> np.ndarray:
     """``(H, W)`` uint8 heatmap -> ``(H, W, 3)`` uint8 RGB."""
+    return np.take(colormap_lut_uint8(name), uint8_heatmap(heatmap), axis=0)
+
+
+def uint8_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    """``heatmap`` as an array, refused unless it is uint8 (what the colormap tables index)."""
+    heatmap = np.asarray(heatmap)
     if heatmap.dtype != np.uint8:
-        raise ValueError(f"apply_colormap takes a uint8 heatmap (see to_uint8), got {heatmap.dtype}")
-    return _uint8_lut(name)[heatmap]
+        raise ValueError(f"a colormap takes a uint8 heatmap (see to_uint8), got {heatmap.dtype}")
+    return heatmap
 
 
 @lru_cache(maxsize=16)
-def _uint8_lut(name: str) -> np.ndarray:
+def colormap_lut_uint8(name: str) -> np.ndarray:
     """The uint8 table, built once per name (matplotlib's lookup costs ~1.4 ms, more than the
     rest of an overlay)."""
     lut = np.round(colormap_lut(name) * 255.0).astype(np.uint8)

@@ -16,15 +16,16 @@ not see it. The crop view is the same with the box covering the whole picture.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vitflow.render.colormap import apply_colormap
-from vitflow.render.normalize import to_uint8
+from vitflow.render.colormap import colormap_lut_uint8, uint8_heatmap
+from vitflow.render.normalize import resize_uint8, to_uint8
 from vitflow.render.overlay import image_to_uint8
 
 #: default display size: the long side of the picture, unless the original is between these
@@ -132,13 +133,12 @@ class Display:
 
     @classmethod
     def of_original(cls, original, box: Box, size: int | None = None) -> Display:
-        """The original photo at the display size, with the crop's box (original pixels) scaled."""
-        rgb = image_to_uint8(original)
-        shape = display_size(rgb.shape[:2], size)
-        if shape != rgb.shape[:2]:
-            rgb = np.asarray(Image.fromarray(rgb).resize(shape[::-1], Image.Resampling.BICUBIC))
-        height, width = original_size(original)
-        return cls(rgb, box.scaled(shape[0] / height, shape[1] / width))
+        """The original photo at the display size (or a :class:`Shown` copy of it already made),
+        with the crop's box (original pixels) scaled."""
+        shown = original if isinstance(original, Shown) else Shown.of(original, size)
+        height, width = shown.original_size
+        shape = shown.image.shape[:2]
+        return cls(shown.image, box.scaled(shape[0] / height, shape[1] / width))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -171,9 +171,11 @@ class Display:
         if rows.start >= rows.stop or cols.start >= cols.stop:
             return out.reshape(*lead, height, width)
         for i, one in enumerate(flat):
-            big = np.asarray(
-                Image.fromarray(one).resize((right - left, bottom - top), Image.Resampling.BILINEAR)
-            )
+            big = one
+            if one.shape != (bottom - top, right - left):
+                big = np.asarray(
+                    Image.fromarray(one).resize((right - left, bottom - top), Image.Resampling.BILINEAR)
+                )
             out[i, rows, cols] = big[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
         return out.reshape(*lead, height, width)
 
@@ -187,11 +189,27 @@ class Display:
 
         return self.place(scale_to_uint8(block_maps, size=self.box_size()))
 
-    def heat(self, maps: torch.Tensor | np.ndarray, mode: str = "sigmoid") -> np.ndarray:
+    def heat(
+        self, maps: torch.Tensor | np.ndarray, mode: str = "sigmoid", blocks: Sequence[int] | None = None
+    ) -> np.ndarray:
         """``(L, h, w)`` accumulated maps -> ``(L, H, W)`` uint8 heatmaps on the picture, with display
-        normalisation ``mode`` (method.md section 6) computed on the maps themselves."""
+        normalisation ``mode`` (method.md section 6) computed on the whole sequence; ``blocks``
+        (0-based): only those blocks' heatmaps, ``(len(blocks), H, W)``, the same pixels."""
         top, left, bottom, right = self._box_pixels()
-        return self.place(to_uint8(maps, size=(bottom - top, right - left), mode=mode))
+        heat = to_uint8(maps, mode=mode)  # on the grid: the normalisation needs every block
+        if blocks is not None:
+            heat = heat[list(blocks)]
+        return self.place(resize_uint8(heat, (bottom - top, right - left)))
+
+    def scaled(self, long_side: int) -> Display:
+        """The same picture with its long side at most ``long_side`` (the animation's frames)."""
+        height, width = self.size
+        factor = long_side / max(height, width)
+        if factor >= 1:
+            return self
+        shape = max(1, round(height * factor)), max(1, round(width * factor))
+        image = np.asarray(Image.fromarray(self.image).resize(shape[::-1], Image.Resampling.BILINEAR))
+        return Display(image, self.box.scaled(shape[0] / height, shape[1] / width))
 
     def overlay(
         self,
@@ -202,12 +220,62 @@ class Display:
         dim: float = DIM,
     ) -> np.ndarray:
         """``alpha * cmap(heat) + image_weight * image`` where the model looked; the photo dimmed to
-        ``dim`` elsewhere. ``heat``: ``(H, W)`` uint8 from :meth:`heat`."""
-        base = self.image.astype(np.float32)
-        coloured = apply_colormap(np.asarray(heat), cmap).astype(np.float32)
-        mixed = np.clip(alpha * coloured + image_weight * base, 0, 255)
-        inside = self.inside()[..., None]
-        return np.where(inside, mixed, base * dim).round().astype(np.uint8)
+        ``dim`` elsewhere. ``heat``: ``(H, W)`` uint8 from :meth:`heat`.
+
+        The same float32 arithmetic as written, arranged for speed (an overlay per frame is most of
+        a bundle's cost): ``alpha * cmap`` is a 256-row table looked up once per pixel, the
+        image's float copy is made once per picture, and the sums happen in place."""
+        base = self._float_image
+        mixed = np.take(_weighted_lut(cmap, alpha), uint8_heatmap(heat), axis=0)  # h w 3, float32
+        mixed += image_weight * base
+        np.clip(mixed, 0, 255, out=mixed)
+        inside = self._inside
+        if not inside.all():
+            mixed = np.where(inside[..., None], mixed, base * dim)
+        return np.round(mixed, out=mixed).astype(np.uint8)
+
+    @cached_property
+    def _float_image(self) -> np.ndarray:
+        return self.image.astype(np.float32)
+
+    @cached_property
+    def _inside(self) -> np.ndarray:
+        return self.inside()
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A photo at its display size (``image``, ``(H, W, 3)`` uint8) and the size it had
+    (``original_size``), so the crop's box can be placed without the original."""
+
+    image: np.ndarray
+    original_size: tuple[int, int]
+
+    @classmethod
+    def of(cls, original, size: int | None = None) -> Shown:
+        rgb = image_to_uint8(original)
+        shape = display_size(rgb.shape[:2], size)
+        if shape != rgb.shape[:2]:
+            rgb = np.asarray(Image.fromarray(rgb).resize(shape[::-1], Image.Resampling.BICUBIC))
+        return cls(rgb, original_size(original))
+
+
+class ShownCopies:
+    """The ``extra`` of an explain run's :class:`~vitflow.data.loader.ImageFiles`: each photo at
+    its display size, made in the decoding worker (picklable), so the writers neither decode the
+    file again nor resize the full photo."""
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size
+
+    def __call__(self, index: int, image: Image.Image) -> Shown:
+        return Shown.of(image, self.size)
+
+
+@lru_cache(maxsize=32)
+def _weighted_lut(cmap: str, alpha: float) -> np.ndarray:
+    """``alpha * cmap`` as a ``(256, 3)`` float32 table: each product exactly as the overlay forms it."""
+    return alpha * colormap_lut_uint8(cmap).astype(np.float32)
 
 
 def original_size(image) -> tuple[int, int]:

@@ -5,8 +5,8 @@ and each image's bundle is written atomically into its own folder by a pool of w
 while the next batch runs through the model. An image that cannot be read or written is reported
 in one line and the run goes on. The batches are grouped in chunks: a finished chunk is recorded
 in ``OUT/.vitflow/``, so a rerun resumes, and under ``torchrun`` each rank takes its share of the
-chunks (:mod:`vitflow.runs.distributed`). ``save_maps`` also writes the raw maps of each chunk as a
-safetensors shard (``OUT/maps/``, read back with :func:`vitflow.load_maps`).
+chunks (:mod:`vitflow.runs.distributed`). The raw maps of each chunk are kept as a safetensors shard
+(``OUT/maps/``, read back with :func:`vitflow.load_maps`; ``save_maps=None`` leaves them out).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from torch import nn
 from vitflow.adapters import Adapter
 from vitflow.atomic import write_bytes_atomic, write_json_atomic
 from vitflow.core.daam import Rho
-from vitflow.data.images import MAX_PIXELS, collect_images, read_image
+from vitflow.data.images import MAX_PIXELS, collect_images
 from vitflow.data.loader import ImageFiles, batches, default_writers
 from vitflow.data.preprocess import Preprocessing
 from vitflow.explainer.daam import DAAM
 from vitflow.explainer.result import DAAMResult
 from vitflow.outputs.bundle import RenderOptions, write_bundle
 from vitflow.outputs.maps import save_shard
-from vitflow.render.placement import CropBoxes
+from vitflow.render.placement import CropBoxes, ShownCopies
 from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
 from vitflow.runs.progress import Progress
 
@@ -161,7 +161,7 @@ def explain_files(
     chunk_images: int = 512,
     workers: int = 0,
     writers: int | None = None,
-    save_maps: str | None = None,
+    save_maps: str | None = "float16",
     images: bool = True,
     device: torch.device | str = "cpu",
     adapter: Adapter | type[Adapter] | None = None,
@@ -191,9 +191,9 @@ def explain_files(
         workers: ``DataLoader`` processes decoding images (0: in this process).
         writers: threads encoding the bundles while the model runs (0: in this thread; default
             :func:`~vitflow.data.loader.default_writers`).
-        save_maps: ``"float16"`` or ``"float32"``: also write the raw maps, logits and targets
+        save_maps: ``"float16"`` (default) or ``"float32"``: the precision of the raw maps, logits and targets
             of each chunk to ``OUT/maps/chunk_NNNNNN.safetensors`` (:func:`vitflow.load_maps`).
-        images: write the picture bundles (``False`` with ``save_maps`` for maps-only runs).
+        images: write the picture bundles (``False``: maps only).
         group: this process's rank (:func:`vitflow.runs.distributed.init`); each rank explains its
             share of the chunks and rank 0 writes ``OUT/index.html``.
         on_error / on_note / on_done: called with each failure line, each note line about an
@@ -232,8 +232,10 @@ def explain_files(
     plan, ledger, todo = run.plan, run.ledger, run.todo
     device = torch.device(device)
     model = model.to(device)
+    # the photo at its display size for the pictures, made where the file is decoded
+    shown = ShownCopies(options.display_size) if images and options.on == "original" else None
     loader = batches(
-        ImageFiles([path for path, _ in jobs], preprocessing, max_pixels),
+        ImageFiles([path for path, _ in jobs], preprocessing, max_pixels, extra=shown),
         run.my_batches(),
         workers=workers,
         pin_memory=device.type == "cuda",
@@ -291,11 +293,11 @@ def explain_files(
                     continue
                 fields_k = {**fields, "image": str(path), "input_notes": batch.notes[k]}
 
-                def write(folder=folder, pixels=batch.x[k], one=result[k], fields_k=fields_k, path=path):
-                    original = box = None
-                    if options.on == "original":  # read again here, in a writer thread
-                        original = read_image(path).image
-                        box = placements.box(original.height, original.width)
+                original = batch.extras[k]  # the photo at its display size, from the decoding worker
+                box = None if original is None else placements.box(*original.original_size)
+
+                def write(folder=folder, pixels=batch.x[k], one=result[k], fields_k=fields_k,
+                          original=original, box=box):  # fmt: skip
                     crop = preprocessing.to_image(pixels)
                     return write_bundle(folder, crop, one, fields_k, names, options, original, box)
 
@@ -397,7 +399,7 @@ def _write_index(out: Path, explained: list[dict], label: str) -> None:
         {
             "name": entry["folder"],
             "viewer": f"{entry['folder']}/viewer.html",
-            "thumbnail": f"{entry['folder']}/final.png",  # the final map, not only the input
+            "thumbnail": f"{entry['folder']}/final.jpg",  # the final map, not only the input
             "target": entry.get("target", ""),
         }
         for entry in explained
