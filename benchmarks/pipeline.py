@@ -1,31 +1,44 @@
-"""End-to-end ``vitflow explain`` throughput against the model alone, in one run.
+"""End-to-end ``vitflow explain`` throughput against the model alone, side by side in one run.
 
-Model only: DAAM on batches already decoded and preprocessed, in memory (what the model can do).
-End to end: :func:`vitflow.runs.explain.explain_files` on the same images written as PNG files, same
-model and batch: decode + preprocess, DAAM, and the default outputs (input.png, one overlay per
-block, flow.gif, manifest.json), written atomically. Variants: everything in the main thread
-(``workers=0, writers=0``, which also gives the split: decode / model / encode), and with
-DataLoader workers and writer threads. Imports and model loading are not counted (they are the
-same for every variant, ~3 s for the CLI).
+Rows:
+- model only: DAAM on batches already decoded and preprocessed, in memory (what the model can do);
+- default explain: :func:`vitflow.runs.explain.explain_files` on the same files with its default
+  outputs (final.jpg, flow.gif, manifest.json per image; the maps in shards), DataLoader workers
+  and writer threads as the command line sets them;
+- maps only (``images=False``, ``--no-images``) and every picture (``--blocks``: input.png and
+  every block's overlay too);
+- the main thread alone (workers 0, writers 0), with its split: decode / model / encode;
+- bytes and files written per image;
+- the encoder alone: the default bundles of precomputed results written by 1, 2 and all cores'
+  worth of threads, and of processes (``concurrent.futures``), images per second.
 
-    python benchmarks/pipeline.py                       # demo ViT, 64 scenes of 224 px, batch 8
-    python benchmarks/pipeline.py --model deit_small_patch16_224 --device cuda --images 256 --batch 32
+Imports and model loading are not counted (the same for every row, ~3 s for the CLI).
+
+    python benchmarks/pipeline.py                                   # demo ViT, 64 scenes of 224 px
+    python benchmarks/pipeline.py --model deit_small_patch16_224 --photos --images 32
+    python benchmarks/pipeline.py --model deit_small_patch16_224 --photos --device cuda --batch 32
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from vitflow import DAAM
 from vitflow.data.images import load_image
 from vitflow.data.loader import default_workers, default_writers
 from vitflow.data.scenes import write_scenes
+from vitflow.outputs.bundle import RenderOptions, write_bundle
+from vitflow.render.placement import CropBoxes, Shown
 from vitflow.runs.explain import explain_files
 
 
@@ -42,6 +55,22 @@ def load(name: str | None, device: str):
         model = timm.create_model(name, pretrained=False).eval()
         preprocessing = Preprocessing.for_timm(model)
     return model.to(device), preprocessing
+
+
+def photos(folder: Path, count: int) -> None:
+    """``count`` JPEG photos of 640-1600 px from scikit-image's and scikit-learn's sample photos,
+    resized (bicubic) to a long side spread over that range, each at its own aspect ratio."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), *load_sample_images().images]
+    folder.mkdir(parents=True)
+    for i in range(count):
+        source = Image.fromarray(sources[i % len(sources)])
+        side = 640 + (960 * i) // max(1, count - 1)
+        factor = side / max(source.size)
+        size = (round(source.width * factor), round(source.height * factor))
+        source.resize(size, Image.Resampling.BICUBIC).save(folder / f"photo_{i:03d}.jpg", quality=92)
 
 
 def sync(device: str) -> None:
@@ -65,24 +94,62 @@ def model_only(model, preprocessing, files: list[Path], batch: int, device: str)
     return best
 
 
-def end_to_end(model, preprocessing, folder: Path, batch: int, device: str, workers: int, writers: int):
+def end_to_end(model, preprocessing, folder: Path, batch: int, device: str, **kwargs):
+    """Seconds, report, bytes and files written for one explain run (the output is removed)."""
     out = Path(tempfile.mkdtemp(prefix="vitflow-pipeline-"))
     try:
         sync(device)
         start = time.perf_counter()
-        report = explain_files(model, preprocessing, [folder], out, batch_size=batch, device=device,
-                               workers=workers, writers=writers)  # fmt: skip
+        report = explain_files(model, preprocessing, [folder], out, batch_size=batch, device=device, **kwargs)
         sync(device)
-        return time.perf_counter() - start, report
+        seconds = time.perf_counter() - start
+        written = [p for p in out.rglob("*") if p.is_file() and ".vitflow" not in p.parts]
+        return seconds, report, sum(p.stat().st_size for p in written), len(written)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _bundle(job: tuple) -> None:
+    write_bundle(*job)
+
+
+def encoder_alone(model, preprocessing, files: list[Path], cores: int) -> list[tuple[str, int, float]]:
+    """``(engine, workers, images/s)`` for writing the default bundles of precomputed results."""
+    boxes = CropBoxes(preprocessing)
+    jobs, out = [], Path(tempfile.mkdtemp(prefix="vitflow-encoder-"))
+    with DAAM(model) as daam:
+        for i, path in enumerate(files):
+            image = load_image(path)
+            x = preprocessing(image)
+            result = daam(x[None]).to("cpu")
+            shown = Shown.of(image)
+            jobs.append((out / f"{i:04d}", preprocessing.to_image(x), result, {"model": "bench"}, None,
+                         RenderOptions(), shown, boxes.box(image.height, image.width)))  # fmt: skip
+    rows = []
+    try:
+        # processes start from a fork server: forking a process whose torch threads are running is
+        # unsafe (OpenMP), and the command line would have to do the same
+        context = multiprocessing.get_context("forkserver")
+        for engine in ("threads", "processes"):
+            for workers in sorted({1, 2, cores}):
+                pool: Executor = ThreadPoolExecutor(workers)
+                if engine == "processes":
+                    pool = ProcessPoolExecutor(workers, context)
+                with pool:
+                    list(pool.map(_bundle, jobs[: 2 * workers]))  # start the workers, warm caches
+                    start = time.perf_counter()
+                    list(pool.map(_bundle, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+                    rows.append((engine, workers, len(jobs) / (time.perf_counter() - start)))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--model", help="a timm name (random weights); default: the bundled demo ViT")
+    parser.add_argument("--photos", action="store_true", help="JPEG photos of 640-1600 px instead of scenes")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, default=224, help="scene size in pixels (default 224)")
     parser.add_argument("--batch", type=int, default=8)
@@ -93,37 +160,51 @@ def main() -> None:
 
     torch.manual_seed(0)
     model, preprocessing = load(args.model, args.device)
+    cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
-        write_scenes(Path(tmp) / "scenes", args.images, seed=5, size=args.size)
-        folder = Path(tmp) / "scenes" / "images"
-        files = sorted(folder.rglob("*.png"))
-        end_to_end(model, preprocessing, folder, args.batch, args.device, 0, 0)  # warm caches
+        if args.photos:
+            folder = Path(tmp) / "photos"
+            photos(folder, args.images)
+        else:
+            write_scenes(Path(tmp) / "scenes", args.images, seed=5, size=args.size)
+            folder = Path(tmp) / "scenes" / "images"
+        files = sorted(p for p in folder.rglob("*") if p.suffix in (".png", ".jpg"))
+        run = dict(model=model, preprocessing=preprocessing, folder=folder, batch=args.batch,
+                   device=args.device)  # fmt: skip
+        pooled = dict(workers=args.workers, writers=args.writers)
+        end_to_end(**run, **pooled)  # warm caches
         seconds_model = model_only(model, preprocessing, files, args.batch, args.device)
-        serial, serial_report = end_to_end(model, preprocessing, folder, args.batch, args.device, 0, 0)
-        pooled, pooled_report = end_to_end(
-            model, preprocessing, folder, args.batch, args.device, args.workers, args.writers
-        )
+        default = end_to_end(**run, **pooled)
+        maps_only = end_to_end(**run, **pooled, images=False)
+        every = end_to_end(**run, **pooled, options=RenderOptions(blocks=True))
+        serial = end_to_end(**run, workers=0, writers=0)
+        encoder = encoder_alone(model, preprocessing, files[: min(len(files), 32)], cores)
     n = len(files)
+    what = "photos of 640-1600 px" if args.photos else f"scenes of {args.size} px"
     name = args.model or "vitflow demo ViT"
-    cores = len(__import__("os").sched_getaffinity(0))
-    print(f"{name}, {n} images of {args.size} px, batch {args.batch}, {args.device}, {cores} CPU cores, "
-          f"torch threads {torch.get_num_threads()}\n")  # fmt: skip
-    print("| run | images/s | × model only |")
+    print(f"{name}, {n} {what}, batch {args.batch}, {args.device}, {cores} CPU cores, "
+          f"torch threads {torch.get_num_threads()}, DataLoader workers {args.workers}, "
+          f"writer threads {args.writers}\n")  # fmt: skip
+    print("| run | images/s | × model only | bytes per image | files per image |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| model only (DAAM on preprocessed batches in memory) | {n / seconds_model:.1f} | 1.00 | | |")
+    for label, (seconds, _, size, count) in (
+        ("default explain", default),
+        ("maps only (--no-images)", maps_only),
+        ("every picture (--blocks)", every),
+        ("default, main thread only (workers 0, writers 0)", serial),
+    ):
+        print(f"| {label} | {n / seconds:.1f} | {seconds_model / seconds:.2f} | {size / n / 1e3:,.0f} KB | "
+              f"{count / n:.2f} |")  # fmt: skip
+    seconds, report = serial[0], serial[1]
+    t = report.timings
+    print(f"\nsplit of the main-thread run ({seconds:.2f} s): decode + preprocess {t['read']:.2f} s, "
+          f"model {t['model']:.2f} s, encode + write {t['write']:.2f} s, other "
+          f"{seconds - sum(t.values()):.2f} s")  # fmt: skip
+    print("\n| the encoder alone (default bundles of precomputed results) | workers | images/s |")
     print("|---|---:|---:|")
-    print(f"| model only (DAAM on preprocessed batches in memory) | {n / seconds_model:.1f} | 1.00 |")
-    print(f"| end to end, main thread only (workers 0, writers 0) | {n / serial:.1f} | "
-          f"{seconds_model / serial:.2f} |")  # fmt: skip
-    print(f"| end to end, workers {args.workers}, writers {args.writers} | {n / pooled:.1f} | "
-          f"{seconds_model / pooled:.2f} |")  # fmt: skip
-    t = serial_report.timings
-    other = serial - sum(t.values())
-    print(f"\nsplit of the main-thread run ({serial:.2f} s): decode + preprocess {t['read']:.2f} s, "
-          f"model {t['model']:.2f} s, encode + write {t['write']:.2f} s, other {other:.2f} s")  # fmt: skip
-    t = pooled_report.timings
-    print(
-        f"with workers and writers ({pooled:.2f} s), main thread: waiting for decoded batches "
-        f"{t['read']:.2f} s, in the model {t['model']:.2f} s, waiting for the writers {t['write']:.2f} s"
-    )
+    for engine, workers, rate in encoder:
+        print(f"| {engine} | {workers} | {rate:.1f} |")
 
 
 if __name__ == "__main__":

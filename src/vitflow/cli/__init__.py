@@ -8,8 +8,11 @@ the docs pages are generated from the parsers (``scripts/make_docs.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from vitflow.cli import app, bank, common, demo, evaluate, explain, models, scenes
 from vitflow.version import __version__
@@ -31,19 +34,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: what a scheduler or a terminal sends to stop a run; each stops it as Ctrl+C does
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """While inside, SIGTERM and SIGHUP raise ``KeyboardInterrupt`` as SIGINT does; yields the list
+    that receives the signal's number. Outside the main thread (where Python cannot take
+    signals) nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def stop(signum: int, _frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; a run stopped by SIGINT, SIGTERM or SIGHUP says so in one line and exits
+    with 128 + the signal's number (130, 143, 129), its finished outputs complete."""
     from vitflow.runs import distributed
 
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        common.say_error(
-            "interrupted; finished outputs are complete (files are written atomically), rerun to go on"
-        )
-        return 130
-    finally:
-        distributed.shutdown()
+    with _stop_on_signals() as received:
+        try:
+            return args.handler(args)
+        except KeyboardInterrupt:
+            signum = received[0] if received else signal.SIGINT
+            common.say_error(
+                f"stopped by {signal.Signals(signum).name}; every image folder written is complete (a "
+                "folder appears whole or not at all): rerun the same command to finish the rest"
+            )
+            return 128 + int(signum)
+        finally:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

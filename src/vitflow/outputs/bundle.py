@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitflow.atomic import write_bytes_atomic, write_json_atomic
+from vitflow.atomic import atomic_dir, write_bytes_atomic, write_json_atomic
 from vitflow.explainer.result import DAAMResult
 from vitflow.render import encode_gif, label_frame, viewer_html
 from vitflow.render.figure import flow_figure, save_figure
@@ -144,10 +144,11 @@ def write_bundle(
     original: Image.Image | np.ndarray | None = None,
     box: Box | None = None,
 ) -> dict:
-    """Write one image's explanation into ``out_dir``; returns the manifest.
+    """Write one image's explanation into ``out_dir``; returns the manifest. The folder appears
+    whole or not at all (:func:`~vitflow.atomic.atomic_dir`): filled beside it, then renamed.
 
     Args:
-        out_dir: folder for this image (created).
+        out_dir: folder for this image (created; an older one is replaced).
         image: ``(H, W, 3)`` uint8, the input exactly as the model saw it (``input.png``).
         result: that image's result, ``result[i]`` of a batch.
         metadata: extra manifest fields (model, source image, preprocessing, ...).
@@ -156,6 +157,14 @@ def write_bundle(
             overlays, GIF, MP4, figure and viewer are drawn on it. Otherwise on the crop.
     """
     out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as staging:
+        return _write_files(staging, out_dir.name, image, result, metadata, names, options, original, box)
+
+
+def _write_files(
+    out_dir: Path, title: str, image: np.ndarray, result: DAAMResult, metadata: dict, names: list[str] | None,
+    options: RenderOptions, original: Image.Image | np.ndarray | None, box: Box | None,
+) -> dict:  # fmt: skip
     on_original = options.on == "original" and original is not None and box is not None
     if on_original:
         assert original is not None and box is not None  # on_original says so
@@ -212,7 +221,7 @@ def write_bundle(
                           cmap=options.cmap, title=title)  # fmt: skip
         files["figure"] = [p.name for p in save_figure(fig, out_dir / "figure")]
     if options.html:
-        page = viewer_html(display, result.maps[0], result.block_maps[0], title=f"{out_dir.name}: {label}",
+        page = viewer_html(display, result.maps[0], result.block_maps[0], title=f"{title}: {label}",
                            target=label, top5=manifest["top5"], mode=options.mode)  # fmt: skip
         write_bytes_atomic(out_dir / "viewer.html", page.encode(), durable=False)
         files["html"] = "viewer.html"
