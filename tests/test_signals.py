@@ -72,3 +72,39 @@ def test_a_signalled_run_leaves_whole_folders_and_its_rerun_is_byte_identical(
     rerun = _explain(scenes, out)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
     assert _files(out) == uninterrupted
+
+
+def test_atomic_dir_replaces_a_folder_whole_and_leaves_it_when_the_block_fails(tmp_path):
+    from vitflow.atomic import atomic_dir
+
+    target = tmp_path / "bundle"
+    with atomic_dir(target) as staging:
+        (staging / "a.txt").write_text("one")
+        (staging / "b.txt").write_text("one")
+        assert not target.exists()  # nothing visible until the block ends
+    with atomic_dir(target) as staging:
+        (staging / "a.txt").write_text("two")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"] and (target / "a.txt").read_text() == "two"
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as staging:
+        (staging / "a.txt").write_text("three")
+        raise KeyboardInterrupt
+    assert (target / "a.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging folder left
+
+
+def test_a_file_and_a_folder_of_the_same_name_keep_both_explanations(tmp_path):
+    """``photos.jpg`` explains into ``OUT/photos/``, the folder ``photos/`` into ``OUT/photos/...``:
+    replacing the first folder whole must not remove the second's."""
+    from vitflow.cli import main
+
+    write_scenes(tmp_path / "s", 2, seed=4)
+    images = sorted((tmp_path / "s" / "images").rglob("*.png"))
+    (tmp_path / "photos").mkdir()
+    images[0].rename(tmp_path / "photos" / "cat.png")
+    images[1].rename(tmp_path / "photos.png")
+    for _ in range(2):  # the rerun replaces both bundles
+        code = main(["explain", str(tmp_path / "photos"), str(tmp_path / "photos.png"),
+                     "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+        assert code == 0
+        assert (tmp_path / "o" / "photos" / "manifest.json").is_file()
+        assert (tmp_path / "o" / "photos" / "cat" / "manifest.json").is_file()

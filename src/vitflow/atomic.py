@@ -39,17 +39,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, last: str | None = None) -> Iterator[Path]:
     """A temporary folder beside ``path`` to fill; it takes ``path``'s place (replacing an older
     one) when the block ends normally and is removed when it raises, so ``path`` is either the
-    old folder or the new one, whole, never half-written (a run stopped by a signal included)."""
+    old folder or the new one, whole, never half-written (a run stopped by a signal included).
+
+    An existing ``path`` that holds folders (other outputs nested in it, such as a folder
+    argument's images under a file argument's name) is never replaced: the new files are renamed
+    into it one by one instead, ``last`` (the file that says the folder is complete) last."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
-        if path.exists():  # a rename cannot replace a folder with files in it: move it aside first
+        if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+            for file in sorted(tmp.iterdir(), key=lambda p: p.name == last):
+                os.replace(file, path / file.name)
+            tmp.rmdir()
+        elif path.exists():  # a rename cannot replace a folder with files in it: move it aside first
             old = tmp.with_name(tmp.name + ".old")
             os.replace(path, old)
             os.replace(tmp, path)

@@ -157,7 +157,7 @@ def write_bundle(
             overlays, GIF, MP4, figure and viewer are drawn on it. Otherwise on the crop.
     """
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, last="manifest.json") as staging:
         return _write_files(staging, out_dir.name, image, result, metadata, names, options, original, box)
 
 
