@@ -12,6 +12,8 @@ Rows:
 - the encoder alone: the default bundles of precomputed results written by 1, 2 and all cores'
   worth of threads, and of processes (``concurrent.futures``), images per second.
 
+The main table comes last.
+
 Imports and model loading are not counted (the same for every row, ~3 s for the CLI).
 
     python benchmarks/pipeline.py                                   # demo ViT, 64 scenes of 224 px
@@ -185,6 +187,17 @@ def main() -> None:
     print(f"{name}, {n} {what}, batch {args.batch}, {args.device}, {cores} CPU cores, "
           f"torch threads {torch.get_num_threads()}, DataLoader workers {args.workers}, "
           f"writer threads {args.writers}\n")  # fmt: skip
+    print("| the encoder alone (default bundles of precomputed results) | workers | images/s |")
+    print("|---|---:|---:|")
+    for engine, workers, rate in encoder:
+        print(f"| {engine} | {workers} | {rate:.1f} |")
+    print()
+    seconds, report = serial[0], serial[1]
+    t = report.timings
+    print(f"split of the main-thread run ({seconds:.2f} s): decode + preprocess {t['read']:.2f} s, "
+          f"model {t['model']:.2f} s, encode + write {t['write']:.2f} s, other "
+          f"{seconds - sum(t.values()):.2f} s")  # fmt: skip
+    print()
     print("| run | images/s | × model only | bytes per image | files per image |")
     print("|---|---:|---:|---:|---:|")
     print(f"| model only (DAAM on preprocessed batches in memory) | {n / seconds_model:.1f} | 1.00 | | |")
@@ -196,15 +209,6 @@ def main() -> None:
     ):
         print(f"| {label} | {n / seconds:.1f} | {seconds_model / seconds:.2f} | {size / n / 1e3:,.0f} KB | "
               f"{count / n:.2f} |")  # fmt: skip
-    seconds, report = serial[0], serial[1]
-    t = report.timings
-    print(f"\nsplit of the main-thread run ({seconds:.2f} s): decode + preprocess {t['read']:.2f} s, "
-          f"model {t['model']:.2f} s, encode + write {t['write']:.2f} s, other "
-          f"{seconds - sum(t.values()):.2f} s")  # fmt: skip
-    print("\n| the encoder alone (default bundles of precomputed results) | workers | images/s |")
-    print("|---|---:|---:|")
-    for engine, workers, rate in encoder:
-        print(f"| {engine} | {workers} | {rate:.1f} |")
 
 
 if __name__ == "__main__":
