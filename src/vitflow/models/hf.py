@@ -49,7 +49,6 @@ def load(name, checkpoint, headless, texts, img_size=None) -> LoadedModel:
     return LoadedModel(model.eval(), Preprocessing(transform, mean, std, config), names, f"hf:{name}")
 
 
-
 ARCHITECTURES = (
     Architecture(
         "transformers",
@@ -116,7 +115,6 @@ _HF_SMALL = dict(
     image_size=32,
     patch_size=8,
 )
-
 
 
 def build_small(spec: dict) -> nn.Module:

@@ -65,7 +65,6 @@ def load(name, checkpoint, headless, texts, img_size=None) -> LoadedModel:
     return LoadedModel(TextClassifier(visual, embeddings, scale).eval(), preprocessing, list(texts), label)
 
 
-
 ARCHITECTURES = (
     Architecture(
         "open_clip",

@@ -37,8 +37,6 @@ def class_token_backbone_kwargs(name: str) -> dict:
     the patch tokens (BEiT, EVA, ...), ``global_pool='token'`` with the final norm kept where the
     weights put it (after pooling, ``fc_norm``), so pretrained weights load key for key. Built on
     the meta device (no weights)."""
-
-
     try:
         model = meta_timm(name.split(".")[0])
     except Exception:  # noqa: BLE001 - the real build reports the problem

@@ -90,7 +90,6 @@ def _torchvision_image_size(builder, state: dict[str, torch.Tensor]) -> int | No
     return side * default.patch_size
 
 
-
 ARCHITECTURES = (
     Architecture(
         "torchvision",
