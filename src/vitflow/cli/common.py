@@ -240,14 +240,12 @@ def load_named_model(args: argparse.Namespace, headless: bool = False, texts=Non
 
     if args.model is None:
         from vitflow.data.scenes import CLASS_NAMES
-        from vitflow.models.demo import NAME, load_demo_model
+        from vitflow.models.demo import NAME, load_demo_backbone, load_demo_model
 
         for option in ("checkpoint", "img_size", "text"):
             if getattr(args, option, None):
                 raise ValueError(f"--{option.replace('_', '-')} needs --model (the architecture it is for)")
-        model, preprocessing = load_demo_model()
-        if headless:
-            model.reset_classifier(0)  # type: ignore[operator]  # timm's VisionTransformer method
+        model, preprocessing = load_demo_backbone() if headless else load_demo_model()
         return LoadedModel(model, preprocessing, list(CLASS_NAMES), NAME)
     return load_model(
         args.model, args.checkpoint, headless=headless, texts=texts or getattr(args, "text", None),

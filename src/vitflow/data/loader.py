@@ -49,7 +49,7 @@ class Batch:
 
     ``indices``: the items whose images were read; ``x``: their ``(B, 3, H, W)`` preprocessed
     images (``None`` when none was); ``notes``: per read item, what was done to the input;
-    ``extras``: per read item, the ``extra`` tensor; ``errors``: ``(index, one-line message)`` per
+    ``extras``: per read item, what ``extra`` made of it; ``errors``: ``(index, one-line message)`` per
     unreadable item.
     """
 

@@ -32,7 +32,8 @@ from vitflow.version import __version__
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """How a bundle looks and which optional outputs it has (GIF, overlays and manifest always)."""
+    """How a bundle looks and which optional outputs it has (final.jpg, flow.gif and the manifest
+    always)."""
 
     mode: str = "sigmoid"
     alpha: float = 0.4
