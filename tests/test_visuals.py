@@ -146,22 +146,45 @@ def test_viewer_is_one_valid_file_that_references_nothing_remote(run, capsys):
     checker.feed(page)
     assert checker.errors == [] and checker.stack == []
     assert page.startswith("<!DOCTYPE html>")
-    code = re.sub(r"data:[a-z/+]+;base64,[A-Za-z0-9+/=]+", "", page)  # embedded images are local
-    assert "data:image/png;base64," in page
+    code = re.sub(r"data:[a-z/+-]+;base64,[A-Za-z0-9+/=]+", "", page)  # embedded photo and maps are local
+    assert page.count("data:image/jpeg;base64,") == 1  # the photo, once; the browser draws the maps
     assert not re.search(r"(https?:)?//[a-z]", code)
     assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)
     index = (out / "index.html").read_text()
-    assert 'href="one/viewer.html"' in index and 'href="two/viewer.html"' in index
+    assert '"viewer": "one/viewer.html"' in index and '"thumbnail": "two/final.jpg"' in index
 
 
-def test_viewer_in_headless_chromium(tmp_path):
+def _canvas(driver) -> np.ndarray:
+    uri = driver.execute_script("return document.getElementById('view').toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+
+
+def _set(driver, element: str, value) -> None:
+    driver.execute_script(f"const s = document.getElementById('{element}'); s.value = arguments[0];"
+                          "s.dispatchEvent(new Event('change'));", value)  # fmt: skip
+
+
+def test_viewer_draws_the_librarys_pictures_in_headless_chromium(tmp_path):
+    """The viewer holds the photo once and the raw maps; what Chromium draws on its canvas equals
+    the library's overlay of the same photo (within 2 grey levels), for every display
+    normalisation, per-block maps, another colormap and another map weight; the controls work."""
     from browser import chrome
     from selenium.webdriver.support.ui import WebDriverWait
 
-    maps, block_maps = moving_spot_maps()
+    from vitflow.render.placement import Box, Display
+
+    torch.manual_seed(3)
+    maps = torch.rand(L, 5, 7).cumsum(0) ** 2  # a non-square grid
+    block_maps = torch.rand(L, 5, 7)
+    photo = np.asarray(Image.fromarray(IMAGE).resize((150, 111), Image.Resampling.BICUBIC))
+    display = Display(photo, Box(top=-6.3, left=20.4, height=96.0, width=112.5))  # dimmed around, cut at the top
     top5 = [{"name": "disc", "probability": 0.9}, {"name": "square", "probability": 0.1}]
     page = tmp_path / "viewer.html"
-    page.write_text(viewer_html(IMAGE, maps, block_maps, title="test", target="disc", top5=top5))
+    page.write_text(viewer_html(display, maps, block_maps, title="test", target="disc", top5=top5))
+    embedded = re.search(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", page.read_text()).group(1)
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(embedded))).convert("RGB"))
+    assert len(re.findall(r"data:image/", page.read_text())) == 1  # one copy of the photo, no pictures
+    library = Display(decoded, display.box)  # the photo as the browser has it
     driver = chrome(tmp_path / "profile")
     try:
         driver.get(page.as_uri())
@@ -169,18 +192,25 @@ def test_viewer_in_headless_chromium(tmp_path):
             lambda d: d.execute_script("return document.body.dataset.ready") == "1"
         )
         frame = lambda: driver.execute_script("return document.getElementById('view').dataset.frame")  # noqa: E731
-        pixels = lambda: driver.execute_script("return document.getElementById('view').toDataURL()")  # noqa: E731
-        assert frame() == "accumulated-5-jet-0.5"
-        last = pixels()
-        driver.execute_script("const s = document.getElementById('block'); s.value = 2;"
-                              "s.dispatchEvent(new Event('input'));")  # fmt: skip
-        assert frame() == "accumulated-2-jet-0.5" and pixels() != last
-        second = pixels()
+        assert frame() == "accumulated-5-jet-0.4-sigmoid"
+        checked = 0
+        for mode in ("sigmoid", "global", "minmax"):
+            _set(driver, "mode", mode)
+            for block in (1, 3, L):
+                _set(driver, "block", block)
+                expected = library.overlay(library.heat(maps, mode=mode)[block - 1])
+                drawn = _canvas(driver)
+                assert drawn.shape == expected.shape
+                assert np.abs(drawn.astype(int) - expected).max() <= 2, (mode, block)
+                checked += 1
         driver.find_element("id", "perblock").click()
-        assert frame() == "block-2-jet-0.5" and pixels() != second
-        driver.execute_script("const s = document.getElementById('cmap'); s.value = 'gray';"
-                              "s.dispatchEvent(new Event('change'));")  # fmt: skip
-        assert frame() == "block-2-gray-0.5"
+        _set(driver, "cmap", "viridis")
+        _set(driver, "opacity", 0.7)
+        _set(driver, "block", 2)
+        assert frame() == "block-2-viridis-0.7-minmax"
+        expected = library.overlay(library.block_heat(block_maps)[1], alpha=0.7, cmap="viridis")
+        assert np.abs(_canvas(driver).astype(int) - expected).max() <= 2
+        assert checked == 9
         driver.find_element("id", "play").click()
         WebDriverWait(driver, 10).until(lambda d: not frame().startswith("block-2-"))
         driver.find_element("id", "play").click()
@@ -190,6 +220,38 @@ def test_viewer_in_headless_chromium(tmp_path):
         assert Image.open(shot).width > 300
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
+    finally:
+        driver.quit()
+
+
+def test_index_of_many_images_is_paged_and_filtered_in_headless_chromium(tmp_path):
+    from browser import chrome
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from vitflow.render import index_html
+
+    entries = [{"name": f"photos/img_{i:05d}", "viewer": f"photos/img_{i:05d}/viewer.html",
+                "thumbnail": f"photos/img_{i:05d}/final.jpg", "target": "tabby" if i % 7 == 0 else "disc"}
+               for i in range(50_000)]  # fmt: skip
+    page = tmp_path / "index.html"
+    page.write_text(index_html(entries, "vitflow: big run", page_size=100))
+    driver = chrome(tmp_path / "profile")
+    try:
+        driver.get(page.as_uri())
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
+        links = lambda: driver.execute_script(  # noqa: E731
+            "return Array.from(document.querySelectorAll('#items a')).map(a => a.getAttribute('href'))"
+        )
+        assert links()[:2] == ["photos/img_00000/viewer.html", "photos/img_00001/viewer.html"]
+        assert len(links()) == 100
+        assert driver.find_element("id", "page").text == "page 1 of 500 (50000 of 50000 images)"
+        assert driver.execute_script("return document.querySelector('#items img').loading") == "lazy"
+        driver.find_element("id", "next").click()
+        assert links()[0] == "photos/img_00100/viewer.html"
+        filter_box = driver.find_element("id", "filter")
+        filter_box.send_keys("tabby")
+        assert driver.find_element("id", "page").text == "page 1 of 72 (7143 of 50000 images)"
+        assert links()[1] == "photos/img_00007/viewer.html"
     finally:
         driver.quit()
 

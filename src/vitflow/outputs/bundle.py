@@ -223,7 +223,8 @@ def _write_files(
         files["figure"] = [p.name for p in save_figure(fig, out_dir / "figure")]
     if options.html:
         page = viewer_html(display, result.maps[0], result.block_maps[0], title=f"{title}: {label}",
-                           target=label, top5=manifest["top5"], mode=options.mode)  # fmt: skip
+                           target=label, top5=manifest["top5"], mode=options.mode, alpha=options.alpha,
+                           image_weight=options.image_weight, cmap=options.cmap)  # fmt: skip
         write_bytes_atomic(out_dir / "viewer.html", page.encode(), durable=False)
         files["html"] = "viewer.html"
     manifest["files"] = files

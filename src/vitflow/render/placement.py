@@ -144,7 +144,7 @@ class Display:
     def size(self) -> tuple[int, int]:
         return self.image.shape[0], self.image.shape[1]
 
-    def _box_pixels(self) -> tuple[int, int, int, int]:
+    def box_pixels(self) -> tuple[int, int, int, int]:
         """The box rounded to pixels: top, left, bottom, right (may exceed the picture)."""
         b = self.box
         top, left = round(b.top), round(b.left)
@@ -152,7 +152,7 @@ class Display:
 
     def inside(self) -> np.ndarray:
         """``(H, W)`` bool: the pixels the model saw."""
-        top, left, bottom, right = self._box_pixels()
+        top, left, bottom, right = self.box_pixels()
         mask = np.zeros(self.size, dtype=bool)
         mask[max(top, 0) : max(bottom, 0), max(left, 0) : max(right, 0)] = True
         return mask
@@ -163,7 +163,7 @@ class Display:
         heat = np.asarray(heat)
         lead = heat.shape[:-2]
         flat = heat.reshape(-1, *heat.shape[-2:])
-        top, left, bottom, right = self._box_pixels()
+        top, left, bottom, right = self.box_pixels()
         height, width = self.size
         out = np.zeros((flat.shape[0], height, width), dtype=np.uint8)
         rows = slice(max(top, 0), min(bottom, height))
@@ -180,7 +180,7 @@ class Display:
         return out.reshape(*lead, height, width)
 
     def box_size(self) -> tuple[int, int]:
-        top, left, bottom, right = self._box_pixels()
+        top, left, bottom, right = self.box_pixels()
         return bottom - top, right - left
 
     def block_heat(self, block_maps: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -195,7 +195,7 @@ class Display:
         """``(L, h, w)`` accumulated maps -> ``(L, H, W)`` uint8 heatmaps on the picture, with display
         normalisation ``mode`` (method.md section 6) computed on the whole sequence; ``blocks``
         (0-based): only those blocks' heatmaps, ``(len(blocks), H, W)``, the same pixels."""
-        top, left, bottom, right = self._box_pixels()
+        top, left, bottom, right = self.box_pixels()
         heat = to_uint8(maps, mode=mode)  # on the grid: the normalisation needs every block
         if blocks is not None:
             heat = heat[list(blocks)]
