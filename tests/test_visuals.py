@@ -177,7 +177,7 @@ def test_viewer_draws_the_librarys_pictures_in_headless_chromium(tmp_path):
     maps = torch.rand(L, 5, 7).cumsum(0) ** 2  # a non-square grid
     block_maps = torch.rand(L, 5, 7)
     photo = np.asarray(Image.fromarray(IMAGE).resize((150, 111), Image.Resampling.BICUBIC))
-    display = Display(photo, Box(top=-6.3, left=20.4, height=96.0, width=112.5))  # dimmed around, cut at the top
+    display = Display(photo, Box(top=-6.3, left=20.4, height=96.0, width=112.5))  # dimmed around, cut off
     top5 = [{"name": "disc", "probability": 0.9}, {"name": "square", "probability": 0.1}]
     page = tmp_path / "viewer.html"
     page.write_text(viewer_html(display, maps, block_maps, title="test", target="disc", top5=top5))
@@ -238,7 +238,8 @@ def test_index_of_many_images_is_paged_and_filtered_in_headless_chromium(tmp_pat
     driver = chrome(tmp_path / "profile")
     try:
         driver.get(page.as_uri())
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
+        ready = lambda d: d.execute_script("return document.body.dataset.ready") == "1"  # noqa: E731
+        WebDriverWait(driver, 30).until(ready)
         links = lambda: driver.execute_script(  # noqa: E731
             "return Array.from(document.querySelectorAll('#items a')).map(a => a.getAttribute('href'))"
         )

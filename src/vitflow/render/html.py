@@ -86,7 +86,8 @@ svg text { font-size: 10px; }
 <span></span><button id="play" type="button">play</button>
 <label for="perblock">per-block maps</label><input id="perblock" type="checkbox">
 <label for="mode">display</label><select id="mode">__MODE_OPTIONS__</select>
-<label for="opacity">map weight</label><input id="opacity" type="range" min="0" max="1" step="0.05" value="__ALPHA__">
+<label for="opacity">map weight</label>
+<input id="opacity" type="range" min="0" max="1" step="0.05" value="__ALPHA__">
 <label for="cmap">colormap</label><select id="cmap">__CMAP_OPTIONS__</select>
 </div>
 </section>
@@ -131,7 +132,9 @@ const toByte = unit => Math.trunc(Math.min(Math.max(255 * unit, 0), 255));
 const divide = (a, b) => (b !== 0 ? a / b : 0);
 function range(values, b) {
   let lo = Infinity, hi = -Infinity;
-  for (let i = b * h * w; i < (b + 1) * h * w; i++) { lo = Math.min(lo, values[i]); hi = Math.max(hi, values[i]); }
+  for (let i = b * h * w; i < (b + 1) * h * w; i++) {
+    lo = Math.min(lo, values[i]); hi = Math.max(hi, values[i]);
+  }
   return [lo, hi];
 }
 function normalise(mode) {  /* accumulated maps -> (L, h, w) bytes on the grid, the whole sequence at once */
@@ -306,9 +309,10 @@ def viewer_html(
     height, width = display.size
     grid = tuple(np.shape(maps)[-2:])
     if np.shape(maps) != np.shape(block_maps) or len(np.shape(maps)) != 3:
-        raise ValueError(f"maps and block_maps must both be (L, h, w), got {np.shape(maps)} and {np.shape(block_maps)}")
-    raw_maps = np.asarray(maps.detach().cpu() if hasattr(maps, "detach") else maps, dtype=np.float64)
-    raw_blocks = np.asarray(block_maps.detach().cpu() if hasattr(block_maps, "detach") else block_maps, np.float64)
+        shapes = f"{tuple(np.shape(maps))} and {tuple(np.shape(block_maps))}"
+        raise ValueError(f"maps and block_maps must both be one image's (L, h, w), got {shapes}")
+    raw_maps, raw_blocks = (np.asarray(m.detach().cpu() if hasattr(m, "detach") else m, np.float64)
+                            for m in (maps, block_maps))  # fmt: skip
     luts = _luts(cmap)
     data = {
         "photo": _jpeg_data_uri(display.image),
@@ -380,7 +384,8 @@ const list = document.getElementById("items"), filter = document.getElementById(
 let shown = ENTRIES, page = 0;
 
 function item(entry) {
-  const li = document.createElement("li"), a = document.createElement("a"), img = document.createElement("img");
+  const li = document.createElement("li"), a = document.createElement("a");
+  const img = document.createElement("img");
   a.href = entry.viewer;
   img.src = entry.thumbnail; img.loading = "lazy"; img.alt = "";
   const small = document.createElement("small");
@@ -403,7 +408,8 @@ function render() {
 
 filter.addEventListener("input", () => {
   const q = filter.value.trim().toLowerCase();
-  shown = q ? ENTRIES.filter(e => e.name.toLowerCase().includes(q) || e.target.toLowerCase().includes(q)) : ENTRIES;
+  const match = e => e.name.toLowerCase().includes(q) || e.target.toLowerCase().includes(q);
+  shown = q ? ENTRIES.filter(match) : ENTRIES;
   page = 0; render();
 });
 document.getElementById("previous").addEventListener("click", () => { page -= 1; render(); });
