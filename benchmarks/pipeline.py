@@ -3,10 +3,10 @@
 Rows:
 - model only: DAAM on batches already decoded and preprocessed, in memory (what the model can do);
 - default explain: :func:`vitflow.runs.explain.explain_files` on the same files with its default
-  outputs (final.jpg, flow.gif, manifest.json per image; the maps in shards), DataLoader workers
-  and writer threads as the command line sets them;
-- maps only (``images=False``, ``--no-images``) and every picture (``--blocks``: input.png and
-  every block's overlay too);
+  outputs (final.jpg, viewer.html, manifest.json per image, index.html; the maps in shards),
+  DataLoader workers and writer threads as the command line sets them;
+- with the GIF too (``--gif``), maps only (``images=False``, ``--no-images``) and every picture
+  (``--blocks --gif``: flow.gif, input.png and every block's overlay too);
 - the main thread alone (workers 0, writers 0), with its split: decode / model / encode;
 - bytes and files written per image;
 - the encoder alone: the default bundles of precomputed results written by 1, 2 and all cores'
@@ -156,11 +156,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="scene size in pixels (default 224)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument(
+        "--workers", type=int, help="DataLoader workers (default: the command line's for the device)"
+    )
     parser.add_argument("--writers", type=int, default=default_writers())
     args = parser.parse_args()
 
     torch.manual_seed(0)
+    args.workers = default_workers(args.device) if args.workers is None else args.workers
     model, preprocessing = load(args.model, args.device)
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,8 +180,9 @@ def main() -> None:
         end_to_end(**run, **pooled)  # warm caches
         seconds_model = model_only(model, preprocessing, files, args.batch, args.device)
         default = end_to_end(**run, **pooled)
+        with_gif = end_to_end(**run, **pooled, options=RenderOptions(gif=True))
         maps_only = end_to_end(**run, **pooled, images=False)
-        every = end_to_end(**run, **pooled, options=RenderOptions(blocks=True))
+        every = end_to_end(**run, **pooled, options=RenderOptions(blocks=True, gif=True))
         serial = end_to_end(**run, workers=0, writers=0)
         encoder = encoder_alone(model, preprocessing, files[: min(len(files), 32)], cores)
     n = len(files)
@@ -203,8 +207,9 @@ def main() -> None:
     print(f"| model only (DAAM on preprocessed batches in memory) | {n / seconds_model:.1f} | 1.00 | | |")
     for label, (seconds, _, size, count) in (
         ("default explain", default),
+        ("default and flow.gif (--gif)", with_gif),
         ("maps only (--no-images)", maps_only),
-        ("every picture (--blocks)", every),
+        ("every picture (--blocks --gif)", every),
         ("default, main thread only (workers 0, writers 0)", serial),
     ):
         print(f"| {label} | {n / seconds:.1f} | {seconds_model / seconds:.2f} | {size / n / 1e3:,.0f} KB | "

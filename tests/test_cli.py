@@ -51,6 +51,7 @@ def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
             "--batch-size",
             "2",
             "--blocks",
+            "--gif",
         ]
     )
     assert code == 0
@@ -74,6 +75,7 @@ def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
             "flow.gif",
             "input.png",
             "manifest.json",
+            "viewer.html",
         ]
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["model"] == MODEL and manifest["image"].endswith(

@@ -98,8 +98,8 @@ def test_demo_command_explains_bundled_scenes(tmp_path, capsys):
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["model"] == "vitflow-demo-vit" and manifest["grid"] == [12, 12]
         assert manifest["target"]["name"] in CLASS_NAMES
-        gif = Image.open(folder / "flow.gif")
-        assert gif.n_frames == manifest["num_blocks"] == 6
+        assert sorted(p.name for p in folder.iterdir()) == ["final.jpg", "manifest.json", "viewer.html"]
+        assert manifest["num_blocks"] == 6 and '"blocks": 6' in (folder / "viewer.html").read_text()
 
 
 def test_explain_without_model_uses_the_demo_model_and_says_so(tmp_path, capsys):

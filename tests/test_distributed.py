@@ -57,7 +57,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_explain_under_torchrun_writes_what_one_process_writes(data):
-    args = ["explain", "scenes/images", "--batch-size", "2", "--chunk", "4", "--save-maps", "--html",
+    args = ["explain", "scenes/images", "--batch-size", "2", "--chunk", "4", "--save-maps", "--gif",
             "--quiet"]  # fmt: skip
     one = vitflow(data, [*args, "--out", "explain_one"])
     two = vitflow(data, [*args, "--out", "explain_two"], nproc=2)
@@ -66,7 +66,7 @@ def test_explain_under_torchrun_writes_what_one_process_writes(data):
         assert "vitflow: error: 1 of 12 images failed (11 explained)" in run.stderr
     assert "scene_000005.png" in two.stderr  # named by the rank that met it
     first, second = _files(data / "explain_one"), _files(data / "explain_two")
-    assert len(first) == 11 * 4 + 1  # final, GIF, viewer, manifest per image; index.html
+    assert len(first) == 11 * 4 + 1  # final, GIF (--gif), viewer, manifest per image; index.html
     assert first.keys() == second.keys()
     assert [name for name in first if first[name] != second[name]] == []
     maps_one, maps_two = load_maps(data / "explain_one"), load_maps(data / "explain_two")

@@ -216,7 +216,7 @@ def test_explain_a_folder_in_several_batches(family, data, tmp_path, capsys):
     for name, manifest in manifests.items():
         assert len(manifest["blocks"]) == manifest["num_blocks"] >= 2, name
         files = sorted(p.name for p in (out / name).iterdir())
-        assert files == ["final.jpg", "flow.gif", "manifest.json"], name  # the default bundle
+        assert files == ["final.jpg", "manifest.json", "viewer.html"], name  # the default bundle
         assert manifest["blocks"][-1]["map"]["max"] > 0
         assert all(np.isfinite(b["map"]["sum"]) for b in manifest["blocks"])
     # content: the folder's last image (alone in the third batch) matches the library's map

@@ -122,7 +122,7 @@ def test_explain_draws_on_the_original_or_the_crop(tmp_path):
     wide = np.concatenate([scene, scene[:, :112]], axis=1)  # 224 x 336: the demo's crop is the centre
     Image.fromarray(wide).save(tmp_path / "wide.png")
     assert (
-        main(["explain", str(tmp_path / "wide.png"), "--out", str(tmp_path / "a"), "--html", "--quiet"]) == 0
+        main(["explain", str(tmp_path / "wide.png"), "--out", str(tmp_path / "a"), "--gif", "--quiet"]) == 0
     )
     manifest = json.loads((tmp_path / "a" / "wide" / "manifest.json").read_text())
     assert manifest["render"]["on"] == "original" and manifest["render"]["display_size"] == [341, 512]

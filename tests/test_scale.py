@@ -39,7 +39,8 @@ def test_workers_and_writer_threads_do_not_change_a_single_byte(scenes, tmp_path
     assert serial.failures == pooled.failures and "aaa_broken.png" in serial.failures[0]
     assert [m["image"] for m in serial.manifests] == [m["image"] for m in pooled.manifests]  # input order
     first, second = _outputs(tmp_path / "serial"), _outputs(tmp_path / "pooled")
-    assert len(first) == 7 * 3 + 1 and first == second  # final.jpg, flow.gif, manifest.json; the map shard
+    # final.jpg, viewer.html, manifest.json; index.html and the map shard
+    assert len(first) == 7 * 3 + 2 and first == second
     assert pooled.timings["model"] > 0 and set(pooled.timings) == {"read", "model", "write"}
 
 
@@ -105,6 +106,49 @@ def test_explain_resumes_by_chunk_and_redoes_what_changed(scenes, tmp_path):
     calls.clear()
     explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2, rho="identity")
     assert len(calls) == 6 + 1  # other settings: everything again
+
+
+def test_a_damaged_run_folder_costs_only_its_chunk(scenes, tmp_path, capsys):
+    """A chunk record cut short, a map shard cut short, a state file of garbage: each is named in
+    one note line, its chunk (or the run) is done again, and the outputs equal a clean run's."""
+    args = ["explain", str(scenes), "--out", str(tmp_path / "out"), "--batch-size", "2", "--chunk", "2",
+            "--quiet", "--workers", "0"]  # fmt: skip
+    assert main(args) == 1  # the broken file
+    clean = _outputs(tmp_path / "out")
+    ledger = tmp_path / "out" / ".vitflow"
+    records = sorted(ledger.glob("chunk_*.json"))
+    assert len(records) == 4
+    records[1].write_text(records[1].read_text()[:20])  # a record cut short
+    shard = tmp_path / "out" / "maps" / "chunk_000002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-64])  # a shard cut short
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"vitflow: note: {records[1]} is damaged; its chunk is run again" in err
+    assert f"vitflow: note: {shard} is missing or damaged; its chunk is run again" in err
+    assert _outputs(tmp_path / "out") == clean
+    (ledger / "state.json").write_text("{not json")
+    assert main(args) == 1
+    state = ledger / "state.json"
+    assert f"vitflow: note: {state} is damaged; the run starts afresh" in capsys.readouterr().err
+    assert _outputs(tmp_path / "out") == clean
+
+    assert main(["scenes", "--out", str(tmp_path / "s"), "--n", "4", "--size", "96"]) == 0
+    evaluate = ["evaluate", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "e"), "--methods", "daam",
+                "--metrics", "energy", "--per-block-metrics", "", "--quiet", "--workers", "0", "--chunk", "2",
+                "--batch-size", "2"]  # fmt: skip
+    assert main(evaluate) == 0
+    results = (tmp_path / "e" / "results.json").read_text()
+    chunk = sorted((tmp_path / "e" / "chunks").glob("chunk_*.json"))[0]
+    chunk.write_text("")
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    assert f"vitflow: note: {chunk} is damaged; its chunk is run again" in capsys.readouterr().err
+    assert (tmp_path / "e" / "results.json").read_text() == results
+    (tmp_path / "e" / "chunks" / "state.json").write_bytes(b"\x00\x01")
+    assert main(evaluate) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("vitflow: error: ") and "state.json is damaged" in error and "\n" not in error
 
 
 def test_evaluate_refuses_to_mix_runs_with_other_settings(tmp_path, capsys):

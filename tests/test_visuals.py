@@ -51,7 +51,7 @@ IMAGE = generate_scene(0, 0, size=96).image
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """`vitflow explain --mp4 --figure --html` on two images with timm's small test ViT (160 px, 6 blocks)."""
+    """`vitflow explain --mp4 --figure --gif` on two images with timm's small test ViT (160 px, 6 blocks)."""
     root = tmp_path_factory.mktemp("visual")
     torch.manual_seed(0)
     model = timm.create_model("test_vit", pretrained=False, num_classes=5)
@@ -63,7 +63,7 @@ def run(tmp_path_factory):
     Image.fromarray(IMAGE[::-1].copy()).save(root / "two.png")
     args = ["explain", str(root / "one.png"), str(root / "two.png"), "--model", "test_vit",
             "--checkpoint", str(root / "w.safetensors"), "--out", str(root / "out"), "--mp4", "--figure",
-            "--html", "--figure-blocks", "1,3,6", "--display-size", "160"]  # fmt: skip
+            "--gif", "--figure-blocks", "1,3,6", "--display-size", "160"]  # fmt: skip
     return root, args
 
 

@@ -169,7 +169,7 @@ class Session:
         """A zip of the explanation's files (overlays, GIF, manifest, viewer, raw maps)."""
         folder = Path(folder)
         name = Path(explained.source).stem or "image"
-        options = RenderOptions(html=True, display_size=self.display_size)
+        options = RenderOptions(gif=True, display_size=self.display_size)
         box = explained.box
         fields = {"model": self.loaded.label, "image": explained.source}
         names = self.names or None

@@ -19,6 +19,7 @@ from vitflow.cli.common import (
     say_error,
     say_note,
     usage_errors,
+    workers_for,
 )
 
 
@@ -93,7 +94,8 @@ def run_build(args: argparse.Namespace) -> int:
         bank = build_bank(
             model, loaded.preprocessing, images, args.out, preprocessing_config=loaded.preprocessing.config,
             model_name=name, batch_size=args.batch_size, chunk_images=args.chunk, half=args.half,
-            device=device, progress=not args.quiet, on_error=say_error, workers=args.workers, group=group,
+            device=device, progress=not args.quiet, on_error=say_error, workers=workers_for(args, device),
+            group=group,
         )  # fmt: skip
     except command_errors() as error:
         return refuse(error)

@@ -27,15 +27,23 @@ def add_scale_options(parser: argparse.ArgumentParser, chunk: int) -> None:
     from vitflow.data.loader import default_workers
 
     parser.add_argument(
-        "--workers", type=_workers, default=default_workers(), metavar="N",
-        help="DataLoader processes decoding images per rank (0: in the main process; default "
-        f"{default_workers()} here: the cores a rank has, less one, at most 8)",
+        "--workers", type=_workers, metavar="N",
+        help="DataLoader processes decoding images per rank (0: in the main process; default with a GPU "
+        f"{default_workers('cuda')} here, the cores a rank has less one, at most 8; on the CPU "
+        f"{default_workers('cpu')} here, none up to 5 cores, as the model's threads use them all)",
     )  # fmt: skip
     parser.add_argument(
         "--chunk", type=positive_int, default=chunk, metavar="N",
         help=f"images per resumable chunk, rounded up to whole batches (default {chunk}): the unit a rank "
         "takes under torchrun and a rerun skips once finished",
     )  # fmt: skip
+
+
+def workers_for(args: argparse.Namespace, device) -> int:
+    """``--workers``, or the default for a model on ``device``."""
+    from vitflow.data.loader import default_workers
+
+    return default_workers(device) if args.workers is None else args.workers
 
 
 def positive_int(text: str) -> int:
@@ -87,11 +95,16 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=400,
         metavar="MS",
-        help="ms per GIF/MP4 frame (default 400)",
+        help="ms per frame of the viewer's animation, flow.gif and flow.mp4 (default 400)",
     )
     parser.add_argument(
-        "--gif-loop", type=int, default=0, metavar="N", help="GIF repeats, 0 = forever (default 0)"
+        "--gif-loop", type=int, default=0, metavar="N", help="with --gif: repeats, 0 = forever (default 0)"
     )
+    parser.add_argument(
+        "--gif", action="store_true",
+        help="also write flow.gif, the attention flow as an animated GIF (about three times the cost of "
+        "the rest of the pictures)",
+    )  # fmt: skip
     parser.add_argument(
         "--mp4", action="store_true", help="also write flow.mp4 (H.264, through imageio-ffmpeg)"
     )
@@ -116,10 +129,10 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
         help="blocks to show in the figure, 1-based, e.g. 1,4,8,12 (default all)",
     )
     parser.add_argument(
-        "--html",
-        action="store_true",
-        help="also write viewer.html per image (self-contained) and OUT/index.html",
-    )
+        "--no-viewer", action="store_true",
+        help="leave out viewer.html (the flow, drawn in the browser from the maps) and OUT/index.html",
+    )  # fmt: skip
+    parser.add_argument("--html", action="store_true", help=argparse.SUPPRESS)  # the viewer is the default
     parser.add_argument(
         "--blocks", action="store_true",
         help="also write input.png (the crop the model saw) and block_NN.png (the accumulated map after "
@@ -127,7 +140,7 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--gif-size", type=positive_int, metavar="PX",
-        help="long side of flow.gif's frames (default: the display size, at most 384)",
+        help="with --gif: long side of its frames (default: the display size, at most 384)",
     )  # fmt: skip
     parser.add_argument(
         "--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
@@ -177,11 +190,12 @@ def add_model_options(parser: argparse.ArgumentParser, default: str) -> None:
 BUNDLE_FILES = (
     "OUT/<image name>/ receives final.jpg (the explanation, the accumulated map after the last block, "
     "drawn on the original image where the model's crop came from, the rest dimmed; --on crop draws on "
-    "the crop), flow.gif (the attention flow, block number on each frame) and manifest.json (model, "
-    "image, top-5 classes, target, per-block map statistics); the maps themselves go to "
-    "OUT/maps/chunk_NNNNNN.safetensors (vitflow.load_maps). With --blocks also input.png and "
-    "block_NN.png (every block), with --mp4, --figure and --html also flow.mp4, figure.png/.pdf/.svg "
-    "and viewer.html (plus OUT/index.html). Files are written atomically; manifest.json comes last."
+    "the crop), viewer.html (the attention flow block by block, drawn by the browser from the maps and "
+    "one copy of the photo: play, per-block maps, normalisation, colormap) and manifest.json (model, "
+    "image, top-5 classes, target, per-block map statistics); OUT/index.html lists them a page at a "
+    "time. The maps themselves go to OUT/maps/chunk_NNNNNN.safetensors (vitflow.load_maps). With --gif "
+    "also flow.gif, with --blocks input.png and block_NN.png (every block), with --mp4 and --figure "
+    "flow.mp4 and figure.png/.pdf/.svg. Files are written atomically; manifest.json comes last."
 )
 
 
@@ -297,8 +311,8 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
         options = RenderOptions(
             mode=args.mode, alpha=args.alpha, image_weight=args.image_weight, cmap=args.cmap,
             gif_duration_ms=args.gif_duration, gif_loop=args.gif_loop, mp4=args.mp4, figure=args.figure,
-            figure_blocks=figure_blocks, html=args.html, on=args.on, display_size=args.display_size,
-            blocks=args.blocks, gif_size=args.gif_size,
+            figure_blocks=figure_blocks, html=not args.no_viewer, gif=args.gif, on=args.on,
+            display_size=args.display_size, blocks=args.blocks, gif_size=args.gif_size,
         )  # fmt: skip
         metadata = {
             "model": loaded.label,
@@ -307,10 +321,12 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
         }
         report = explain_files(
             loaded.model, loaded.preprocessing, images, args.out, target=target, names=names, options=options,
-            metadata=metadata, batch_size=args.batch_size, chunk_images=args.chunk, workers=args.workers,
+            metadata=metadata, batch_size=args.batch_size, chunk_images=args.chunk,
+            workers=workers_for(args, device),
             writers=args.writers, save_maps=args.save_maps, images=not args.no_images, device=device,
             rho=args.rho, normalize_blocks=args.normalize_blocks, max_pixels=args.max_pixels, group=group,
             on_error=say_error, on_note=say_note, on_done=say_done, progress=not args.quiet,
+            keep_manifests=False,
         )  # fmt: skip
     except command_errors() as error:
         return refuse(error)

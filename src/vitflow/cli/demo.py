@@ -56,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(images)} scenes (seed {args.seed}) to {scene_dir}")
     code = explain_into(args, images)
     if code == EXIT_OK:
-        bundle = "final.jpg, flow.gif, manifest.json"
+        bundle = "final.jpg, viewer.html, manifest.json"
         print(f"explanations in {args.out}/scene_*/ ({bundle}); maps in {args.out}/maps/")
     return code

@@ -17,6 +17,7 @@ from vitflow.cli.common import (
     resolve_device,
     say_error,
     say_note,
+    workers_for,
 )
 from vitflow.methods.run import check_flow_methods, method_names
 from vitflow.metrics.run import default_per_block_metrics, metric_names
@@ -85,9 +86,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--first-object-only", action="store_true", help="explain only the first object of a scene"
     )
     evaluate.add_argument("--limit", type=positive_int, help="evaluate only the first N items")
-    evaluate.add_argument(
-        "--batch-size", type=positive_int, default=32, help="images per batch (default 32)"
-    )
+    evaluate.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     add_scale_options(evaluate, chunk=256)
     evaluate.add_argument(
@@ -141,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate(
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),
             metrics=args.metrics.split(","), batch_size=args.batch_size, device=device, progress=progress,
-            per_block_metrics=per_block, on_error=report, chunk_items=args.chunk, workers=args.workers,
-            group=group, saved=saved, per_block_methods=per_block_methods,
+            per_block_metrics=per_block, on_error=report, chunk_items=args.chunk,
+            workers=workers_for(args, device),
+            group=group, saved=saved, per_block_methods=per_block_methods, on_note=say_note,
         )  # fmt: skip
         progress.close()
         if group.rank:  # rank 0 reports and runs the sanity check
@@ -206,7 +206,7 @@ def _run_chefer(args: argparse.Namespace) -> int:
         summary = evaluate_chefer(
             loaded.model, loaded.preprocessing, args.data, args.out, methods=args.methods.split(","),
             batch_size=args.batch_size, device=device, progress=progress, on_error=report,
-            chunk_items=args.chunk, workers=args.workers, group=group, limit=args.limit,
+            chunk_items=args.chunk, workers=workers_for(args, device), group=group, limit=args.limit,
         )  # fmt: skip
         progress.close()
     except command_errors() as error:

@@ -19,7 +19,7 @@ from vitflow.cli.common import (
 def add_parser(commands: argparse._SubParsersAction) -> None:
     explain = commands.add_parser(
         "explain",
-        help="explain images with a ViT and write overlays, a GIF of the attention flow and a manifest",
+        help="explain images with a ViT: the final map on each photo, a viewer of the flow, a manifest",
         description=f"Explain each IMAGE with DAAM. For every image, {BUNDLE_FILES}",
     )
     explain.add_argument(

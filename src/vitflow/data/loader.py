@@ -31,10 +31,18 @@ def _cores_per_rank() -> int:
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
-def default_workers() -> int:
-    """Decoding processes per rank: the cores this rank's share leaves beside the main process,
-    at most 8."""
-    return max(0, min(8, _cores_per_rank() - 1))
+def default_workers(device: torch.device | str | None = None) -> int:
+    """Decoding processes per rank for a model on ``device``.
+
+    On an accelerator (or ``None``): the cores this rank's share leaves beside the main process, at
+    most 8. On the CPU the model's threads already use every core and a decoding process takes
+    them from it: on 2 cores one worker made ``explain`` 25-30 % slower than decoding in the main
+    process (``benchmarks/pipeline.py``, demo ViT and deit_small), so none up to 5 cores, then one
+    per 4 cores beyond 2."""
+    cores = _cores_per_rank()
+    if device is not None and torch.device(device).type == "cpu":
+        return max(0, min(8, (cores - 2) // 4))
+    return max(0, min(8, cores - 1))
 
 
 def default_writers() -> int:

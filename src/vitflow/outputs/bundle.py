@@ -1,10 +1,11 @@
 """One image's explanation on disk.
 
 By default what a person looks at, made to encode fast: ``final.jpg`` (the explanation on the
-photo, labelled) and ``flow.gif`` (the attention flow, at most :data:`GIF_SIZE` pixels on its long
-side, one palette for all its frames), with ``manifest.json``; the maps themselves go to the run's
-map shards (:mod:`vitflow.outputs.maps`). On request: ``input.png`` and every block's overlay
-(``blocks``), MP4, figures, the HTML viewer.
+photo, labelled) and ``viewer.html`` (the attention flow, drawn by the browser from the maps and one
+copy of the photo: :func:`~vitflow.render.viewer_html`), with ``manifest.json``; the maps themselves
+go to the run's map shards (:mod:`vitflow.outputs.maps`). On request: ``flow.gif`` (at most
+:data:`GIF_SIZE` pixels on its long side, one palette for all its frames; it costs three times the
+rest of the bundle), ``input.png`` and every block's overlay (``blocks``), MP4, figures.
 
 Every file is written atomically; ``manifest.json`` is written last, so its presence means the
 folder is complete.
@@ -32,8 +33,7 @@ from vitflow.version import __version__
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """How a bundle looks and which optional outputs it has (final.jpg, flow.gif and the manifest
-    always)."""
+    """How a bundle looks and which optional outputs it has (final.jpg and the manifest always)."""
 
     mode: str = "sigmoid"
     alpha: float = 0.4
@@ -44,7 +44,10 @@ class RenderOptions:
     mp4: bool = False
     figure: bool = False
     figure_blocks: tuple[int, ...] | None = None
-    html: bool = False
+    #: write ``viewer.html`` (and the run's ``index.html``): the flow, drawn in the browser
+    html: bool = True
+    #: write ``flow.gif``, the flow as an animated GIF
+    gif: bool = False
     #: draw on the "original" photo (the crop's box placed in it, the rest dimmed) or on the "crop"
     on: str = "original"
     #: long side of the pictures in pixels (default: the original's, kept between 512 and 1024)
@@ -182,7 +185,7 @@ def _write_files(
     def picture(shown: Display, heat: np.ndarray) -> np.ndarray:
         return shown.overlay(heat, alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap)
 
-    files: dict[str, object] = {"final": "final.jpg", "gif": "flow.gif"}
+    files: dict[str, object] = {"final": "final.jpg"}
     # every block at the display size only when its pictures are asked for: the default draws the
     # final map there and the flow at the GIF's size
     every = options.blocks or options.mp4
@@ -205,14 +208,16 @@ def _write_files(
             frames.append(label_frame(frame, caption(b)))
     final = frames[-1] if every else label_frame(frame, caption(last))
     write_bytes_atomic(out_dir / "final.jpg", _jpeg(final), durable=False)
-    small = display.scaled(options.gif_size or GIF_SIZE)
-    if every and small.size == display.size:
-        flow = frames
-    else:
-        small_heat = small.heat(result.maps[0], mode=options.mode)
-        flow = [label_frame(picture(small, h), caption(b)) for b, h in enumerate(small_heat)]
-    gif = encode_gif(flow, options.gif_duration_ms, options.gif_loop)
-    write_bytes_atomic(out_dir / "flow.gif", gif, durable=False)
+    if options.gif:
+        small = display.scaled(options.gif_size or GIF_SIZE)
+        if every and small.size == display.size:
+            flow = frames
+        else:
+            small_heat = small.heat(result.maps[0], mode=options.mode)
+            flow = [label_frame(picture(small, h), caption(b)) for b, h in enumerate(small_heat)]
+        gif = encode_gif(flow, options.gif_duration_ms, options.gif_loop)
+        write_bytes_atomic(out_dir / "flow.gif", gif, durable=False)
+        files["gif"] = "flow.gif"
     if options.mp4:
         write_mp4(frames, out_dir / "flow.mp4", fps=1000.0 / options.gif_duration_ms)
         files["mp4"] = "flow.mp4"
@@ -224,7 +229,8 @@ def _write_files(
     if options.html:
         page = viewer_html(display, result.maps[0], result.block_maps[0], title=f"{title}: {label}",
                            target=label, top5=manifest["top5"], mode=options.mode, alpha=options.alpha,
-                           image_weight=options.image_weight, cmap=options.cmap)  # fmt: skip
+                           image_weight=options.image_weight, cmap=options.cmap,
+                           frame_ms=options.gif_duration_ms)  # fmt: skip
         write_bytes_atomic(out_dir / "viewer.html", page.encode(), durable=False)
         files["html"] = "viewer.html"
     manifest["files"] = files

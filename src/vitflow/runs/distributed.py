@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -152,16 +152,27 @@ class Ledger:
     atomically by its rank; ``key`` fingerprints the chunk's items (:func:`chunk_keys`).
 
     A folder left by a run with other settings is an error when ``strict`` (results a user may
-    want), else it is emptied (intermediate files only)."""
+    want), else it is emptied (intermediate files only). A damaged file (a record that does not
+    parse, a state file cut short) is never trusted: a chunk's is removed and the chunk run again,
+    each named in ``notes``; an unreadable state file counts as other settings."""
 
     def __init__(
         self, folder: Path, state: dict, keys: list[str], group: Group, strict: bool, what: str
     ) -> None:
         self.folder, self.keys, self.group = Path(folder), keys, group
+        self.notes: list[str] = []
         state_file = self.folder / "state.json"
         if group.is_main:
             if state_file.exists():
-                old = json.loads(state_file.read_text())
+                old = _read_json(state_file)
+                if not isinstance(old, dict):
+                    if strict:
+                        raise ValueError(
+                            f"{state_file} is damaged, so the {what} run there cannot be resumed; "
+                            f"remove {self.folder} to start again, or use a new output folder"
+                        )
+                    self.notes.append(f"{state_file} is damaged; the run starts afresh")
+                    old = {}
                 if old != state:
                     changed = sorted(k for k in {*old, *state} if old.get(k) != state.get(k))
                     if strict:
@@ -177,12 +188,35 @@ class Ledger:
     def path(self, chunk: int, suffix: str) -> Path:
         return self.folder / f"chunk_{chunk:06d}_{self.keys[chunk]}{suffix}"
 
-    def todo(self, suffix: str) -> list[int]:
-        """The chunks without a finished file, as rank 0 sees them (one view for every rank)."""
+    def todo(self, suffix: str, outputs: Callable[[int], Path | None] | None = None) -> list[int]:
+        """The chunks without a finished file, as rank 0 sees them (one view for every rank).
+        ``outputs(chunk)``: a file a finished chunk also wrote (its map shard), damaged or missing
+        when the chunk must run again."""
         missing: list[int] = []  # only rank 0's view counts
         if self.group.is_main:
-            missing = [c for c in range(len(self.keys)) if not self.path(c, suffix).exists()]
+            for c in range(len(self.keys)):
+                path = self.path(c, suffix)
+                if self._finished(path):
+                    extra = outputs(c) if outputs is not None else None
+                    if extra is None or _safetensors_readable(extra):
+                        continue
+                    self.notes.append(f"{extra} is missing or damaged; its chunk is run again")
+                    path.unlink()
+                missing.append(c)
         return self.group.first(missing)
+
+    def _finished(self, path: Path) -> bool:
+        """``path`` exists and reads back (a damaged one is removed and said in ``notes``)."""
+        if not path.exists():
+            return False
+        if path.suffix == ".json":
+            damaged = not isinstance(_read_json(path), dict)
+        else:
+            damaged = not _safetensors_readable(path)
+        if damaged:
+            self.notes.append(f"{path} is damaged; its chunk is run again")
+            path.unlink(missing_ok=True)
+        return not damaged
 
     def join_records(self, path: Path) -> dict | None:
         """Write ``path`` (``records.jsonl``) from the finished chunks' ``.json`` files (``{"records":
@@ -210,6 +244,24 @@ class Ledger:
                     stale.unlink()
 
 
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or ``None`` when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _safetensors_readable(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return all(handle.get_slice(key).get_shape() is not None for key in handle.keys())
+    except Exception:  # noqa: BLE001 - safetensors raises several types for damaged files
+        return False
+
+
 @dataclass
 class ChunkedRun:
     """A run cut into chunks of whole batches (:func:`chunk_batches`; ``batches_per_chunk``), its
@@ -226,15 +278,17 @@ class ChunkedRun:
     def open(
         cls, count: int, batch_size: int, chunk_items: int, folder: Path, state: dict,
         describe_item: Callable[[int], str], group: Group, *, strict: bool, what: str, suffix: str,
+        outputs: Callable[[int], Path | None] | None = None,
     ) -> ChunkedRun:  # fmt: skip
         """``count`` items in batches of ``batch_size``, about ``chunk_items`` to a chunk (rounded
         up to whole batches); ``state``: the run's settings besides the batching (a folder with
-        other settings: see :class:`Ledger`); finished chunks are files ``*suffix``."""
+        other settings: see :class:`Ledger`); finished chunks are files ``*suffix`` (and
+        ``outputs``: see :meth:`Ledger.todo`); damaged ones are said in ``ledger.notes``."""
         per_chunk = -(-chunk_items // batch_size)
         plan = chunk_batches(count, batch_size, per_chunk)
         state = {"batch_size": batch_size, "chunk_batches": per_chunk, **state}
         ledger = Ledger(folder, state, chunk_keys(plan, describe_item), group, strict=strict, what=what)
-        todo = ledger.todo(suffix)
+        todo = ledger.todo(suffix, outputs)
         return cls(plan, ledger, todo, todo[group.rank :: group.world_size], per_chunk)
 
     def items_done(self) -> int:

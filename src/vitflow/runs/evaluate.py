@@ -94,6 +94,7 @@ def evaluate(
     group: Group = SINGLE,
     saved: SavedMaps | None = None,
     per_block_methods: Sequence[str] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> dict:
     """Run every method and metric over ``items``; write per-image records to ``out/records.jsonl``
     and return the summary (also written as results.*).
@@ -135,6 +136,9 @@ def evaluate(
         strict=True, what="evaluate", suffix=".json",
     )  # fmt: skip
     plan, ledger, todo = run.plan, run.ledger, run.todo
+    for note in ledger.notes:  # damaged files of an earlier run, redone
+        if on_note is not None:
+            on_note(note)
     if progress is not None:
         progress.skip(run.items_done())
     inputs = iter(_batches(items, run.my_batches(), preprocess, device, workers))

@@ -45,8 +45,9 @@ MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 class ExplainReport:
     """``total``: images found; ``explained``: images explained (this run and, resumed, earlier
     ones); ``failures``: one line per image that could not be explained (all ranks);
-    ``manifests``: the manifests this process wrote, in input order; ``resumed``: images found
-    done by an earlier run; ``timings``: this process's seconds waiting for decoded batches
+    ``manifests``: the manifests this process wrote, in input order (unless told not to keep
+    them, as the command line does, so memory stays flat in the number of images); ``resumed``:
+    images found done by an earlier run; ``timings``: this process's seconds waiting for decoded batches
     (``read``), in the model (``model``) and waiting for the writers (``write``)."""
 
     manifests: list[dict] = field(default_factory=list)
@@ -173,6 +174,7 @@ def explain_files(
     on_note: Callable[[str], None] | None = None,
     on_done: Callable[[Path, dict], None] | None = None,
     progress: bool = False,
+    keep_manifests: bool = True,
 ) -> ExplainReport:
     """Explain image files (folders are walked) with DAAM and write one bundle per image.
 
@@ -199,6 +201,8 @@ def explain_files(
         on_error / on_note / on_done: called with each failure line, each note line about an
             input (EXIF rotation, transparency, first frame of an animation), and each finished
             ``(folder, manifest)``.
+        keep_manifests: collect every manifest in the report (``False`` for runs of any size:
+            ``on_done`` sees each one as it is written).
 
     Returns:
         an :class:`ExplainReport`; nothing raises for a bad image.
@@ -228,8 +232,12 @@ def explain_files(
     run = ChunkedRun.open(
         len(jobs), batch_size, chunk_images, out / ".vitflow", state, lambda i: _job_key(jobs[i]), group,
         strict=False, what="explain", suffix=".json",
+        outputs=(lambda c: out / "maps" / f"chunk_{c:06d}.safetensors") if save_maps else None,
     )  # fmt: skip
     plan, ledger, todo = run.plan, run.ledger, run.todo
+    for note in ledger.notes:
+        if on_note is not None:
+            on_note(note)
     device = torch.device(device)
     model = model.to(device)
     # the photo at its display size for the pictures, made where the file is decoded
@@ -310,7 +318,8 @@ def explain_files(
                         raise outcome
                     entry["target"] = outcome["target"].get("name", "")
                     explained.append(entry)
-                    report.manifests.append(outcome)
+                    if keep_manifests:
+                        report.manifests.append(outcome)
                     tell(on_done, folder, outcome)
 
                 started = time.perf_counter()
