@@ -75,6 +75,29 @@ def test_saved_maps_are_the_library_maps_with_their_ids_logits_and_targets(scene
         saved.row("nope")
 
 
+def test_a_shard_buffer_holds_the_batches_as_one_result_in_the_shard_dtype():
+    from vitflow.outputs.maps import ShardBuffer
+
+    model, preprocessing = load_demo_model()
+    x = torch.stack([torch.randn(3, 96, 96) for _ in range(5)])
+    with DAAM(model) as daam:
+        parts = [daam(x[:2]), daam(x[2:4]), daam(x[4:])]
+    buffer = ShardBuffer(8, torch.float16)
+    for k, part in enumerate(parts):
+        buffer.add(part, [f"id{k}_{i}" for i in range(len(part))], [f"img{k}_{i}" for i in range(len(part))])
+    joined = buffer.result()
+    assert len(joined) == len(buffer) == 5 and buffer.ids[2] == "id1_0" and buffer.images[4] == "img2_0"
+    for name in ("maps", "block_maps", "relevance"):
+        expected = torch.cat([getattr(p, name) for p in parts]).to(torch.float16)
+        assert getattr(joined, name).dtype == torch.float16 and torch.equal(getattr(joined, name), expected)
+    for name in ("logits", "target", "score"):
+        assert torch.equal(getattr(joined, name), torch.cat([getattr(p, name) for p in parts])), name
+    assert joined.grid == parts[0].grid and joined.prefix_tokens == parts[0].prefix_tokens
+    buffer.add(parts[0], ["a", "b"], ["a", "b"])  # 7 of 8 rows
+    with pytest.raises(ValueError, match="a shard of 8 rows cannot take 9"):
+        buffer.add(parts[0], ["c", "d"], ["c", "d"])
+
+
 def test_explain_resumes_by_chunk_and_redoes_what_changed(scenes, tmp_path):
     model, preprocessing = load_demo_model()
     inputs = tmp_path / "inputs"

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,6 +77,48 @@ def save_shard(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"vitflow": json.dumps(header)})
     return Path(path)
+
+
+class ShardBuffer:
+    """One chunk's results gathered batch by batch for :func:`save_shard`, each tensor field
+    copied into one tensor allocated for the whole chunk (the map fields already in the shard's
+    ``dtype``, as :func:`save_shard` would convert them). Kept as many small per-batch tensors, a
+    chunk's results pinned the heap: resident memory rose 60-80 MB over each 512-image chunk of
+    the demo ViT and fell at its end."""
+
+    def __init__(self, capacity: int, dtype: torch.dtype = torch.float32) -> None:
+        self.capacity, self.dtype = capacity, dtype
+        self.ids: list[str] = []
+        self.images: list[str] = []
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._first: DAAMResult | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, result: DAAMResult, ids: list[str], images: list[str]) -> None:
+        start, count = len(self.ids), len(result)
+        if start + count > self.capacity:
+            raise ValueError(f"a shard of {self.capacity} rows cannot take {start + count}")
+        for f in fields(result):
+            value = getattr(result, f.name)
+            if not isinstance(value, torch.Tensor):
+                continue
+            if f.name not in self._tensors:
+                dtype = self.dtype if f.name in MAP_FIELDS else value.dtype
+                self._tensors[f.name] = torch.empty((self.capacity, *value.shape[1:]), dtype=dtype)
+            self._tensors[f.name][start : start + count] = value.detach().cpu()
+        if self._first is None:
+            self._first = result
+        self.ids += ids
+        self.images += images
+
+    def result(self) -> DAAMResult:
+        """The rows added so far, as one result."""
+        if self._first is None:
+            raise ValueError("an empty shard has no result")
+        rows: dict[str, Any] = {k: t[: len(self)] for k, t in self._tensors.items()}
+        return replace(self._first, **rows)
 
 
 def shard_files(path: str | os.PathLike) -> list[Path]:

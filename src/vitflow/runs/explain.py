@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -31,9 +30,8 @@ from vitflow.data.images import MAX_PIXELS, collect_images
 from vitflow.data.loader import ImageFiles, batches, default_writers
 from vitflow.data.preprocess import Preprocessing
 from vitflow.explainer.daam import DAAM
-from vitflow.explainer.result import DAAMResult
 from vitflow.outputs.bundle import RenderOptions, write_bundle
-from vitflow.outputs.maps import save_shard
+from vitflow.outputs.maps import ShardBuffer, save_shard
 from vitflow.render.placement import CropBoxes, ShownCopies
 from vitflow.runs.distributed import SINGLE, ChunkedRun, Group, Ledger, describer, run_chunks
 from vitflow.runs.progress import Progress
@@ -260,7 +258,7 @@ def explain_files(
     def explain_chunk(chunk: int, daam: DAAM, pool: _Writers) -> int:
         explained: list[dict] = []
         failures: list[str] = []
-        shard: list[tuple] = []  # (result on CPU, ids, source images) per batch
+        shard = ShardBuffer(sum(len(b) for b in plan[chunk]), MAP_DTYPES[save_maps or "float32"])
 
         def fail(message: str) -> None:
             failures.append(message)
@@ -282,7 +280,7 @@ def explain_files(
             timings["model"] += time.perf_counter() - started
             if save_maps:
                 ids = [jobs[i][1].relative_to(out).as_posix() for i in batch.indices]
-                shard.append((result, ids, [str(jobs[i][0]) for i in batch.indices]))
+                shard.add(result, ids, [str(jobs[i][0]) for i in batch.indices])
             fields = {
                 **(metadata or {}),
                 "input_size": list(x.shape[-2:]),
@@ -328,12 +326,10 @@ def explain_files(
         started = time.perf_counter()
         pool.collect(everything=True)  # the chunk is recorded only when all its files are
         timings["write"] += time.perf_counter() - started
-        if shard:
+        if len(shard):
             assert save_maps is not None  # only then are maps kept
-            merged = _cat_results([r for r, _, _ in shard])
             save_shard(
-                out / "maps" / f"chunk_{chunk:06d}.safetensors", merged,
-                [i for _, ids, _ in shard for i in ids], [s for _, _, sources in shard for s in sources],
+                out / "maps" / f"chunk_{chunk:06d}.safetensors", shard.result(), shard.ids, shard.images,
                 {**json.loads(json.dumps(metadata or {}, default=str)), "rank": group.rank,
                  "world_size": group.world_size, "chunk": chunk, "rho": fields["rho"],
                  "normalize_blocks": normalize_blocks},
@@ -354,19 +350,6 @@ def explain_files(
         pool.close()
         bar.close()
     return _merge(report, ledger, len(plan), set(todo), out, options.html and images, metadata, group)
-
-
-def _cat_results(results: list[DAAMResult]) -> DAAMResult:
-    from dataclasses import fields as dataclass_fields
-    from dataclasses import replace
-
-    first = results[0]
-    joined: dict[str, Any] = {  # the tensor fields, batch-concatenated; the rest as the first's
-        f.name: torch.cat([getattr(r, f.name) for r in results])
-        for f in dataclass_fields(first)
-        if isinstance(getattr(first, f.name), torch.Tensor)
-    }
-    return replace(first, **joined)
 
 
 def _merge(
