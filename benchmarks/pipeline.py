@@ -116,7 +116,8 @@ def _bundle(job: tuple) -> None:
 
 
 def encoder_alone(model, preprocessing, files: list[Path], cores: int) -> list[tuple[str, int, float]]:
-    """``(engine, workers, images/s)`` for writing the default bundles of precomputed results."""
+    """``(engine, workers, images/s)`` for writing the default bundles of precomputed results, and
+    ``(outputs, 1, images/s)`` for other outputs on one thread (what each picture costs)."""
     boxes = CropBoxes(preprocessing)
     jobs, out = [], Path(tempfile.mkdtemp(prefix="vitflow-encoder-"))
     with DAAM(model) as daam:
@@ -142,6 +143,12 @@ def encoder_alone(model, preprocessing, files: list[Path], cores: int) -> list[t
                     start = time.perf_counter()
                     list(pool.map(_bundle, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
                     rows.append((engine, workers, len(jobs) / (time.perf_counter() - start)))
+        for label, options in (("--no-viewer (final.jpg, manifest)", RenderOptions(html=False)),
+                               ("--gif", RenderOptions(gif=True)), ("--blocks", RenderOptions(blocks=True))):
+            start = time.perf_counter()
+            for job in jobs:
+                write_bundle(*job[:5], options, *job[6:])
+            rows.append((f"threads, {label}", 1, len(jobs) / (time.perf_counter() - start)))
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return rows
@@ -191,7 +198,7 @@ def main() -> None:
     print(f"{name}, {n} {what}, batch {args.batch}, {args.device}, {cores} CPU cores, "
           f"torch threads {torch.get_num_threads()}, DataLoader workers {args.workers}, "
           f"writer threads {args.writers}\n")  # fmt: skip
-    print("| the encoder alone (default bundles of precomputed results) | workers | images/s |")
+    print("| the encoder alone (bundles of precomputed results; default unless named) | workers | images/s |")
     print("|---|---:|---:|")
     for engine, workers, rate in encoder:
         print(f"| {engine} | {workers} | {rate:.1f} |")
