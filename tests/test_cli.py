@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -216,29 +217,58 @@ def test_checkpoint_loading_refuses_arbitrary_pickles(tmp_path):
         read_state_dict(tmp_path / "evil.pth")
 
 
-def test_offline_pretrained_download_fails_with_one_line_pointing_to_checkpoint(workspace, tmp_path):
+@pytest.fixture
+def silent_hub():
+    """A model hub that never answers: a local socket that listens and never accepts."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def _explain_offline(args: list[str], out, env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "vitflow.cli", "explain", *args, "--out", str(out)]
+    env = {"PATH": "/usr/bin:/bin", **env}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    return proc, time.perf_counter() - started
+
+
+def test_an_unreachable_hub_or_a_model_daam_refuses_fails_in_seconds_in_one_whole_line(
+    workspace, tmp_path, silent_hub
+):
+    """No answer from the hub: one complete line (what failed, what to do, where the cache is)
+    after the short probe, not after the hub client's minute of retries; HF_HUB_OFFLINE: at
+    once. An architecture DAAM cannot explain is refused before anything is downloaded, with its
+    reason; the refused runs leave no output folder."""
     root, _ = workspace
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitflow.cli",
-            "explain",
-            str(root / "square.png"),
-            "--model",
-            MODEL,
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    cache = tmp_path / "hf"
+    hub = {"HF_ENDPOINT": silent_hub, "HF_HOME": str(cache)}
+    image = str(root / "square.png")
+    proc, seconds = _explain_offline([image, "--model", MODEL], tmp_path / "o1", hub)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "could not get pretrained weights" in lines[0] and "--checkpoint" in lines[0]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"vitflow: error: {MODEL}: could not reach {silent_hub} within 4 s")
+    assert "--checkpoint FILE" in lines[0] and lines[0].endswith("copy that folder here)")
+    assert str(cache / "hub") in lines[0]
+    assert seconds < 60  # generous: the probe waits 4 s; timm's own retries took 50 s and more
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(cache)}
+    proc, _ = _explain_offline([image, "--model", MODEL], tmp_path / "o2", offline)
+    assert proc.returncode == 2 and "are not in the cache and HF_HUB_OFFLINE is set" in proc.stderr
+    for name, reason in (
+        ("swin_tiny_patch4_window7_224", "hierarchical vision transformer without a [class] token"),
+        ("resnet18", "timm.models.resnet.ResNet is not a Vision Transformer"),
+    ):
+        proc, _ = _explain_offline([image, "--model", name], tmp_path / name, hub)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and f"{name}: DAAM cannot explain it: " in lines[0]
+        assert reason in lines[0] and "could not reach" not in lines[0]
+    refused = ("o1", "o2", "swin_tiny_patch4_window7_224", "resnet18")
+    assert not any((tmp_path / name).exists() for name in refused)
 
 
 def test_help_documents_every_option():

@@ -94,15 +94,25 @@ HUB = "hf:google/vit-base-patch16-224"
 
 
 def test_offline_hub_model_fails_in_one_line(tmp_path, image):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitflow.cli", "explain", str(image), "--model", HUB, "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert (
-        len(lines) == 1
-        and "could not load 'hf:google/vit-base-patch16-224'" in lines[0]
-        and "offline?" in lines[0]
-    )
+    import socket
+
+    silent = socket.socket()  # a hub that never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        for env in ({"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": endpoint}):
+            env = {**env, "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+            proc = subprocess.run(
+                [sys.executable, "-m", "vitflow.cli", "explain", str(image), "--model", HUB, "--out",
+                 str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300,
+            )  # fmt: skip
+            assert proc.returncode == 2
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"vitflow: error: {HUB}: ")
+            assert "download the model with its config into a directory and pass hf:DIRECTORY" in lines[0]
+            reason = "HF_HUB_OFFLINE is set" if "HF_HUB_OFFLINE" in env else f"could not reach {endpoint}"
+            assert reason in lines[0]
+    finally:
+        silent.close()
+    assert not (tmp_path / "out").exists()

@@ -112,3 +112,20 @@ def test_transformer_blocks_are_found_in_every_family():
     assert transformer_blocks(tv) == list(tv.encoder.layers)
     cait = timm.create_model("cait_xxs24_224", pretrained=False, img_size=32, depth=2)
     assert transformer_blocks(cait) == list(cait.blocks_token_only)  # the blocks with a [class] row
+
+
+def test_per_block_metrics_default_to_the_chosen_ones_and_the_plan_is_said_first(tmp_path, capsys):
+    assert main(["scenes", "--out", str(tmp_path / "s"), "--n", "3", "--size", "96"]) == 0
+    args = ["evaluate", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "e"), "--methods",
+            "daam,rollout", "--metrics", "pointing_game,energy", "--quiet", "--workers", "0"]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert ("vitflow: note: evaluate: 3 items; daam, rollout; scored by pointing_game, energy; after every "
+            "block, daam by pointing_game, energy") in err  # fmt: skip
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert set(results["per_block"]["daam"]) == {"pointing_game", "energy"}  # not insertion, not the rest
+    assert len(results["per_block"]["daam"]["energy"]) == 6  # the demo ViT's blocks
+    assert main([*args, "--out", str(tmp_path / "none"), "--per-block-metrics", ""]) == 0
+    assert "no per-block metrics" in capsys.readouterr().err
+    assert not json.loads((tmp_path / "none" / "results.json").read_text()).get("per_block")

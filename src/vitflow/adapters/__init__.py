@@ -95,6 +95,12 @@ def resolve_adapter(
         found = next((cls for cls in ADAPTERS if cls.matches(model)), None)
         if found is None:
             families = ", ".join(cls.family for cls in ADAPTERS)
+            where = f"{type(model).__module__}.{type(model).__name__}"
+            if not _has_attention(model):
+                raise TypeError(
+                    f"{where} is not a Vision Transformer (it has no attention layers); DAAM explains "
+                    "ViTs with a [class] token: see `vitflow models`"
+                )
             raise TypeError(
                 f"vitflow does not recognise {type(model).__module__}.{type(model).__name__} "
                 f"(supported families: {families}); pass adapter=YourAdapter (README, 'Custom ViTs')"
@@ -103,6 +109,18 @@ def resolve_adapter(
     if prefix_tokens is not None or grid is not None:
         resolved = OverrideAdapter(resolved, prefix_tokens, grid)
     return resolved
+
+
+def _has_attention(model: nn.Module) -> bool:
+    """Whether any submodule looks like attention (its class or name says so, or it is
+    ``nn.MultiheadAttention``): a ResNet or a ConvNeXt has none."""
+    for name, module in model.named_modules():
+        kind = type(module).__name__.lower()
+        if isinstance(module, nn.MultiheadAttention) or "attention" in kind or "attn" in kind:
+            return True
+        if name.rsplit(".", 1)[-1].lower() in ("attn", "attention", "self_attn", "self_attention"):
+            return True
+    return False
 
 
 __all__ = [

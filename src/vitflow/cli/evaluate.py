@@ -72,10 +72,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     evaluate.add_argument(
         "--per-block-metrics",
-        default=",".join(default_per_block_metrics()),
-        help="metrics also computed for the map after every block (default: the mask metrics, "
-        "perturbation_pos, insertion; empty for none)",
-    )
+        help="metrics also computed for the map after every block, from "
+        f"{', '.join(default_per_block_metrics())} (default: those of --metrics; empty for none)",
+    )  # fmt: skip
     evaluate.add_argument(
         "--per-block-methods",
         help="comma-separated methods whose map after every block the per-block metrics score: DAAM and "
@@ -119,7 +118,11 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.data}: a gtsegs_ijcv.mat file has no class labels for vitflow's protocol (which "
                 "explains the true class); evaluate it with --protocol chefer (explains the predicted class)"
             )
-        per_block = [m for m in args.per_block_metrics.split(",") if m]
+        chosen = args.metrics.split(",")
+        if args.per_block_metrics is None:
+            per_block = default_per_block_metrics(chosen)
+        else:
+            per_block = [m for m in args.per_block_metrics.split(",") if m]
         check_names(args.methods.split(","), [*args.metrics.split(","), *per_block])
         per_block_methods = None  # evaluate's default: DAAM, when it is among the methods
         if args.per_block_methods is not None:
@@ -136,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
             from vitflow.outputs.maps import load_maps
 
             saved = load_maps(args.maps)
+        if group.is_main:
+            say_note(_plan(len(items), args.methods.split(","), chosen, per_block, per_block_methods))
         progress = Progress(len(items), "evaluate", enabled=not args.quiet and group.is_main)
         summary = evaluate(
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),
@@ -224,3 +229,14 @@ def _run_chefer(args: argparse.Namespace) -> int:
         say_error(f"{summary['failed']} of {count} items could not be read and were left out")
         return EXIT_SOME_FAILED
     return EXIT_OK
+
+
+def _plan(
+    items: int, methods: list[str], metrics: list[str], per_block: list[str], flow: list[str] | None
+) -> str:
+    """What a run will compute, said before it starts."""
+    flow = (["daam"] if "daam" in methods else []) if flow is None else flow
+    line = f"evaluate: {items} items; {', '.join(methods)}; scored by {', '.join(metrics)}"
+    if per_block and flow:
+        return f"{line}; after every block, {', '.join(flow)} by {', '.join(per_block)}"
+    return f"{line}; no per-block metrics"

@@ -15,8 +15,11 @@ def metric_names() -> list[str]:
     return METRICS.names()
 
 
-def default_per_block_metrics() -> list[str]:
-    return [e.name for e in METRICS.entries() if e.info.get("per_block")]
+def default_per_block_metrics(metrics: Sequence[str] | None = None) -> list[str]:
+    """The metrics that can score the map after every block: of ``metrics`` (in their order), or
+    all of them."""
+    capable = [e.name for e in METRICS.entries() if e.info.get("per_block")]
+    return capable if metrics is None else [m for m in metrics if m in capable]
 
 
 def higher_is_better(metric: str) -> bool:

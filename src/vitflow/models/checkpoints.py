@@ -82,11 +82,52 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 
 
 def offline_error(spec: str, error: Exception, hint: str) -> ModelLoadError:
-    """One line for a failed download: what failed and what to do instead (``hint``)."""
+    """One line for a failed download: what failed and what to do instead (``hint``); the
+    reason's first line whole (a message is never cut)."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ModelLoadError(
-        f"could not load {spec!r} ({type(error).__name__}: {reason[:160]}); offline? {hint}"
-    )
+    return ModelLoadError(f"could not load {spec!r} ({type(error).__name__}: {reason}); offline? {hint}")
+
+
+#: seconds to wait for the model hub to answer before saying it cannot be reached
+HUB_TIMEOUT_S = 4.0
+
+
+def check_hub(spec: str, repo_id: str | None, files: tuple[str, ...], hint: str) -> None:
+    """Fail at once, in one line, when ``spec``'s weights would come from the Hugging Face hub
+    (``repo_id``) and none of ``files`` is in the local cache while the hub is switched off
+    (``HF_HUB_OFFLINE``) or does not answer within :data:`HUB_TIMEOUT_S` (``HF_ENDPOINT`` and
+    proxies honoured): the libraries' own retries take a minute before they give up. A hub that
+    answers, even with an error, is left to the library to report."""
+    if repo_id is None:
+        return
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:
+        return
+    if any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in files):
+        return  # cached: no network needed
+    cache = constants.HF_HUB_CACHE
+    where = f"the weights go to {cache}; fetch them on a machine that is online and copy that folder here"
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"{spec}: its pretrained weights ({repo_id}) are not in the cache and HF_HUB_OFFLINE is set; "
+            f"{hint} ({where})"
+        )
+    import urllib.error
+    import urllib.request
+
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo_id}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as error:  # URLError, timeouts, refused connections, a bad endpoint
+        reason = getattr(error, "reason", None) or error
+        raise ModelLoadError(
+            f"{spec}: could not reach {constants.ENDPOINT} within {HUB_TIMEOUT_S:.0f} s to download its "
+            f"pretrained weights ({reason}); offline? {hint} ({where})"
+        ) from None
 
 
 @contextmanager

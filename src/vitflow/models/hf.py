@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from vitflow.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from vitflow.models.checkpoints import ModelLoadError, offline_error, quiet_hub
+from vitflow.models.checkpoints import ModelLoadError, check_hub, offline_error, quiet_hub
 from vitflow.models.family import Architecture, Family, LoadedModel, register_family
 
 
@@ -20,6 +20,9 @@ def load(name, checkpoint, headless, texts, img_size=None) -> LoadedModel:
             "hf: models load from a hub name or a local directory; give the directory as hf:PATH"
         )
     hint = "download the model with its config into a directory and pass hf:DIRECTORY"
+    import os
+
+    check_hub(f"hf:{name}", None if os.path.isdir(name) else name, ("config.json",), hint)
     try:
         with quiet_hub():
             config = transformers.AutoConfig.from_pretrained(name)

@@ -15,7 +15,13 @@ from torch import nn
 
 from vitflow.data.preprocess import Preprocessing
 from vitflow.models.catalogue import verdict
-from vitflow.models.checkpoints import ModelLoadError, load_state_dict_strict, quiet_hub, read_state_dict
+from vitflow.models.checkpoints import (
+    ModelLoadError,
+    check_hub,
+    load_state_dict_strict,
+    quiet_hub,
+    read_state_dict,
+)
 from vitflow.models.family import Architecture, Family, LoadedModel, register_family
 
 
@@ -64,6 +70,7 @@ def load_timm_model(name: str, checkpoint: str | os.PathLike | None = None, **kw
         raise ModelLoadError("timm models need timm: pip install 'vitflow[timm]'") from None
     if not timm.is_model(name.split(".")[0]) and not timm.is_model(name):
         raise ModelLoadError(f"timm has no model named {name!r}; list them with timm.list_models('*vit*')")
+    _check_architecture(name, kwargs)  # before any download or checkpoint read
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
         head = state.get("head.weight")
@@ -80,16 +87,41 @@ def load_timm_model(name: str, checkpoint: str | os.PathLike | None = None, **kw
             raise ModelLoadError(f"cannot build timm model {name!r}: {error}") from None
         load_state_dict_strict(model, state, f"checkpoint {checkpoint}")
         return model.eval()
+    hint = "pass --checkpoint FILE (.safetensors or .pth)"
+    check_hub(name, _hub_id(name), ("model.safetensors", "pytorch_model.bin"), hint)
     try:
         with quiet_hub():
             model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(
-            f"could not get pretrained weights for {name!r} ({type(error).__name__}: {reason[:160]}); "
-            "offline? download them elsewhere and pass --checkpoint FILE (.safetensors or .pth)"
+            f"could not get pretrained weights for {name!r} ({type(error).__name__}: {reason}); "
+            f"offline? download them elsewhere and {hint}"
         ) from None
     return model.eval()
+
+
+def _check_architecture(name: str, kwargs: dict) -> None:
+    """Refuse, before any download, a model DAAM cannot explain: built on the meta device (no
+    weights, no memory), the same verdict as ``vitflow models``."""
+    try:
+        model = meta_timm(name.split(".")[0], **{k: v for k, v in kwargs.items() if k != "pretrained"})
+    except Exception:  # noqa: BLE001 - the real build reports the problem
+        return
+    reason = verdict(model)
+    if reason is not None:
+        raise ModelLoadError(f"{name}: DAAM cannot explain it: {reason}")
+
+
+def _hub_id(name: str) -> str | None:
+    """The Hugging Face repository timm downloads ``name``'s weights from, if any."""
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        return None if cfg is None else cfg.hf_hub_id
+    except Exception:  # noqa: BLE001 - no hub id: timm reports its own failure
+        return None
 
 
 def _timm_image_size(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:

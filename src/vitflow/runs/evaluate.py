@@ -108,12 +108,15 @@ def evaluate(
     ``saved``: maps saved by ``vitflow explain --save-maps`` (:func:`vitflow.load_maps`), scored
     as one more method, ``saved``, without running the model for them: each item gets the saved
     final map of its image (for the class it was made for). ``per_block_methods``: the methods
-    whose map after every block is scored by ``per_block_metrics`` (DAAM and its variants that
-    make an attention flow; default: DAAM when it is among ``methods``).
+    whose map after every block is scored by ``per_block_metrics`` (default: those of ``metrics``
+    that can be) (DAAM and its variants that make an attention flow; default: DAAM when it is
+    among ``methods``).
     """
     methods = list(methods or method_names())
     metrics = list(metrics or metric_names())
-    per_block_metrics = default_per_block_metrics() if per_block_metrics is None else list(per_block_metrics)
+    if per_block_metrics is None:  # the chosen metrics that can score every block's map
+        per_block_metrics = default_per_block_metrics(metrics)
+    per_block_metrics = list(per_block_metrics)
     check_names(methods, [*metrics, *per_block_metrics])
     if per_block_methods is None:
         per_block_methods = ["daam"] if "daam" in methods else []
