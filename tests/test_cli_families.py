@@ -41,9 +41,25 @@ def test_hf_model_from_a_local_directory(tmp_path, image, capsys):
     manifest = _manifest(tmp_path / "o")
     assert manifest["grid"] == [4, 4] and manifest["target"]["name"] in {"cat", "dog", "fox"}
     assert manifest["model"] == f"hf:{tmp_path / 'vit'}"
+    # classes by the model's own names (id2label), on the command line and in Python
+    model = f"hf:{tmp_path / 'vit'}"
+    named = ["explain", str(image), "--model", model, "--target"]
+    assert main([*named, " DOG", "--out", str(tmp_path / "d")]) == 0
+    assert _manifest(tmp_path / "d")["target"] | {"probability": 0, "logit": 0, "score": 0} == {
+        "index": 1, "name": "dog", "probability": 0, "logit": 0, "score": 0}  # fmt: skip
+    capsys.readouterr()
+    assert main([*named, "dgo", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "target 'dgo' is none of this model's 3 class names; did you mean 'dog' (1)?" in err
+    assert not (tmp_path / "e").exists()
+    from vitflow import DAAM
+
+    loaded = transformers.ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    with DAAM(loaded) as daam:
+        assert daam(torch.randn(2, 3, 32, 32), target=["fox", "Cat"]).target.tolist() == [2, 0]
 
 
-def test_torchvision_model_with_a_checkpoint(tmp_path, image):
+def test_torchvision_model_with_a_checkpoint(tmp_path, image, capsys):
     import torchvision
 
     torch.manual_seed(1)
@@ -54,6 +70,9 @@ def test_torchvision_model_with_a_checkpoint(tmp_path, image):
     assert code == 0
     manifest = _manifest(tmp_path / "o")
     assert manifest["grid"] == [7, 7] and manifest["target"]["index"] == 3 and manifest["num_blocks"] == 12
+    # a checkpoint of 4 classes has no names: the index is asked for
+    assert main(["explain", str(image), *args[:4], "--target", "cat", "--out", str(tmp_path / "n")]) == 2
+    assert "target 'cat': this model has no class names; give the class index" in capsys.readouterr().err
 
 
 def test_open_clip_model_with_texts(tmp_path, image):
@@ -69,6 +88,9 @@ def test_open_clip_model_with_texts(tmp_path, image):
     assert code == 0
     manifest = _manifest(tmp_path / "o")
     assert manifest["target"]["name"] in {"a photo of a cat", "a photo of a dog"}
+    code = main(["explain", str(image), "--model", "open_clip:ViT-B-32", "--checkpoint", checkpoint, *texts,
+                 "--target", "A Photo of a Dog", "--out", str(tmp_path / "d")])  # fmt: skip
+    assert code == 0 and _manifest(tmp_path / "d")["target"]["index"] == 1
     assert sum(e["probability"] for e in manifest["top5"]) == pytest.approx(1.0)
     assert main(["explain", str(image), "--model", "open_clip:ViT-B-32", "--checkpoint",
                  str(tmp_path / "clip.safetensors"), "--out", str(tmp_path / "x")]) == 2  # fmt: skip
@@ -116,3 +138,31 @@ def test_offline_hub_model_fails_in_one_line(tmp_path, image):
     finally:
         silent.close()
     assert not (tmp_path / "out").exists()
+
+
+def test_timm_classes_by_their_imagenet_names(tmp_path, image, capsys):
+    """A timm ImageNet classifier (random weights, 1000 classes): ``--target "Tabby Cat"`` and
+    ``DAAM(model)(x, target="tabby")`` explain class 281; a typo is answered with close matches."""
+    import timm
+
+    from vitflow import DAAM
+
+    torch.manual_seed(3)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    save_file(model.state_dict(), tmp_path / "in1k.safetensors")
+    checkpoint = str(tmp_path / "in1k.safetensors")
+    args = ["explain", str(image), "--model", "vit_tiny_patch16_224", "--checkpoint", checkpoint]
+    assert main([*args, "--target", "Tabby Cat", "--out", str(tmp_path / "o"), "--no-viewer"]) == 0
+    target = _manifest(tmp_path / "o")["target"]
+    assert target["index"] == 281 and target["name"] == "tabby, tabby cat"
+    capsys.readouterr()
+    assert main([*args, "--target", "tabbby", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "target 'tabbby' is none of this model's 1000 class names; did you mean 'tabby' (281)" in err
+    assert main([*args, "--target", "crane", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "target 'crane' names 2 classes (134: crane; 517: crane); give the index" in err
+    with DAAM(model) as daam:
+        assert daam(torch.randn(1, 3, 224, 224), target="tabby").target.tolist() == [281]
+    with DAAM(model, class_names=[f"c{i}" for i in range(1000)]) as daam:
+        assert daam(torch.randn(1, 3, 224, 224), target="C7").target.tolist() == [7]

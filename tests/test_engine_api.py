@@ -49,7 +49,9 @@ def test_int_target_broadcasts_and_sequence_gives_one_per_image(vit, x):
         (10, "out of range for a model with 10 classes"),
         ([0, -1, 2], "class -1 is out of range"),
         ([0.5, 1.0, 2.0], "1-D sequence of class indices"),
-        ("cat", "target must be None, an int"),
+        ("cat", "target .cat.: this model has no class names; give the class index"),
+        (["cat", 1, 2], "target .cat.: this model has no class names"),
+        (b"cat", "target must be None, an int"),
         (True, "target must be None, an int"),
     ],
 )
@@ -82,8 +84,22 @@ def test_models_that_do_not_decide_through_the_class_token_are_rejected(kwargs, 
 
 def test_unknown_model_error_names_its_class():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    with pytest.raises(TypeError, match="torch.nn.modules.container.Sequential.*Custom ViTs"):
+    with pytest.raises(TypeError, match="torch.nn.modules.container.Sequential is not a Vision Transformer"):
         DAAM(model)
+
+    class Attention(torch.nn.Module):  # attention vitflow does not know: a custom adapter is the way
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(4, 12)
+
+    with pytest.raises(TypeError, match="test_engine_api.*Mine.*Custom ViTs"):
+        DAAM(_mine(Attention))
+
+
+def _mine(attention):
+    model = type("Mine", (torch.nn.Module,), {"__module__": __name__})()
+    model.attn = attention()
+    return model
 
 
 def test_explicit_geometry_overrides(vit, x):

@@ -301,6 +301,10 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
         figure_blocks = check_render_options(args)
         loaded = load_named_model(args, headless=args.bank is not None)
         target, names = args.target, loaded.names
+        if target is not None:
+            from vitflow.targets.names import class_index
+
+            target = class_index(target, names)
         if args.bank is not None:
             from vitflow.targets import KNNTarget, MemoryBank
 

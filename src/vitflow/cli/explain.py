@@ -36,9 +36,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     explain.add_argument(
         "--target",
-        type=int,
-        metavar="N",
-        help="class index to explain for every image (default: each image's predicted class)",
+        metavar="CLASS",
+        help="class to explain for every image, by index or by the model's own name for it (tabby, "
+        "'golden retriever': case and spaces do not matter; default: each image's predicted class)",
     )
     explain.add_argument(
         "--bank",

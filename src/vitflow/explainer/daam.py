@@ -9,6 +9,8 @@ scores the output; one backward pass, with parameters frozen, leaves ``dY/dT_b``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -41,6 +43,8 @@ class DAAM:
         grid: override the patch grid: ``(h, w)`` or a function of the input ``(H, W)``.
         adapter: an :class:`~vitflow.adapters.base.Adapter` (class or instance) for models the
             registry does not recognise.
+        class_names: the model's class names, for ``target="tabby"`` (default: the model's own,
+            from timm's ImageNet information or ``config.id2label``).
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class DAAM:
         prefix_tokens: int | None = None,
         grid: GridSpec | None = None,
         adapter: Adapter | type[Adapter] | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         if rho not in (None, "relu", "identity"):
             raise ValueError(f"rho must be 'relu', 'identity' or None, got {rho!r}")
@@ -62,6 +67,7 @@ class DAAM:
         self._capture = Capture(model, adapter=adapter, prefix_tokens=prefix_tokens, grid=grid)
         self.adapter = self._capture.adapter
         self.model = self._capture.model
+        self.class_names = list(class_names) if class_names is not None else None
 
     # -- context management -------------------------------------------------------------------
     def __enter__(self) -> DAAM:
@@ -84,17 +90,35 @@ class DAAM:
 
         Args:
             x: ``(B, 3, H, W)`` preprocessed images on the model's device.
-            target: ``None`` (predicted class), an int (same class for all), a sequence or 1-D
-                tensor of ``B`` classes, or a :class:`~vitflow.targets.Target` object such as
-                :class:`~vitflow.targets.KNNTarget` for backbones without a classifier.
+            target: ``None`` (predicted class), an int or a class name (same class for all), a
+                sequence or 1-D tensor of ``B`` classes (indices or names), or a
+                :class:`~vitflow.targets.Target` object such as :class:`~vitflow.targets.KNNTarget`
+                for backbones without a classifier.
 
         Returns:
             :class:`~vitflow.explainer.result.DAAMResult` with tensors on the model's device.
         """
         if self.closed:
             raise RuntimeError("this DAAM is closed; create a new one (DAAM(model)) to explain more images")
-        with self._capture.run(x, target) as p:
+        with self._capture.run(x, self._by_index(target)) as p:
             return self._result(x, p.logits, p.scored, self.rho or p.target.rho)
+
+    def _by_index(self, target: object) -> object:
+        """Class names in ``target`` as the indices they name (:func:`~vitflow.targets.names.class_index`)."""
+        named = isinstance(target, str) or (
+            isinstance(target, list | tuple) and any(isinstance(t, str) for t in target)
+        )
+        if not named:
+            return target
+        from vitflow.models.load import model_class_names
+        from vitflow.targets.names import class_index
+
+        if self.class_names is None:
+            self.class_names = model_class_names(self.model)
+        if isinstance(target, str):
+            return class_index(target, self.class_names)
+        assert isinstance(target, list | tuple)  # named says so
+        return [class_index(t, self.class_names) for t in target]
 
     def _result(self, x: torch.Tensor, logits: torch.Tensor, scored: TargetScores, rho: Rho) -> DAAMResult:
         prefix = self.adapter.prefix_tokens()

@@ -15,6 +15,23 @@ from vitflow.models.checkpoints import ModelLoadError
 from vitflow.models.family import FAMILIES, LoadedModel
 
 
+def model_class_names(model) -> list[str] | None:
+    """A loaded model's own class names, where it carries them: ``config.id2label`` (transformers)
+    or timm's ImageNet descriptions; ``None`` otherwise (pass them to ``DAAM(class_names=...)``)."""
+    labels = getattr(getattr(model, "config", None), "id2label", None)
+    head = getattr(model, "classifier", None)
+    if isinstance(labels, dict) and labels and head is not None:
+        try:
+            return [str(labels[i]) for i in range(len(labels))]
+        except KeyError:
+            return None
+    if type(model).__module__.startswith("timm."):
+        from vitflow.models.timm import class_names
+
+        return class_names(model)
+    return None
+
+
 def model_prefixes() -> list[str]:
     """The ``--model`` prefixes: every family name and alias of a registered adapter with a family."""
     return [name for name, cls in family_names().items() if cls.family in FAMILIES]
