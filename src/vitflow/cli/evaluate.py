@@ -139,8 +139,6 @@ def run(args: argparse.Namespace) -> int:
             from vitflow.outputs.maps import load_maps
 
             saved = load_maps(args.maps)
-        if group.is_main:
-            say_note(_plan(len(items), args.methods.split(","), chosen, per_block, per_block_methods))
         progress = Progress(len(items), "evaluate", enabled=not args.quiet and group.is_main)
         summary = evaluate(
             loaded.model, loaded.preprocessing, items, args.out, methods=args.methods.split(","),
@@ -229,14 +227,3 @@ def _run_chefer(args: argparse.Namespace) -> int:
         say_error(f"{summary['failed']} of {count} items could not be read and were left out")
         return EXIT_SOME_FAILED
     return EXIT_OK
-
-
-def _plan(
-    items: int, methods: list[str], metrics: list[str], per_block: list[str], flow: list[str] | None
-) -> str:
-    """What a run will compute, said before it starts."""
-    flow = (["daam"] if "daam" in methods else []) if flow is None else flow
-    line = f"evaluate: {items} items; {', '.join(methods)}; scored by {', '.join(metrics)}"
-    if per_block and flow:
-        return f"{line}; after every block, {', '.join(flow)} by {', '.join(per_block)}"
-    return f"{line}; no per-block metrics"

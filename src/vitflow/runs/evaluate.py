@@ -139,6 +139,8 @@ def evaluate(
         strict=True, what="evaluate", suffix=".json",
     )  # fmt: skip
     plan, ledger, todo = run.plan, run.ledger, run.todo
+    if on_note is not None and group.is_main:  # what the run will compute, once it is accepted
+        on_note(_plan(len(items), methods, metrics, per_block_metrics, per_block_methods))
     for note in ledger.notes:  # damaged files of an earlier run, redone
         if on_note is not None:
             on_note(note)
@@ -181,6 +183,14 @@ def evaluate(
     if summary is None:
         raise ValueError(f"none of the {len(items)} items could be evaluated (no image could be read)")
     return summary
+
+
+def _plan(items: int, methods: list[str], metrics: list[str], per_block: list[str], flow: list[str]) -> str:
+    """What a run will compute, said before it starts."""
+    line = f"evaluate: {items} items; {', '.join(methods)}; scored by {', '.join(metrics)}"
+    if per_block and flow:
+        return f"{line}; after every block, {', '.join(flow)} by {', '.join(per_block)}"
+    return f"{line}; no per-block metrics"
 
 
 def _saved_lookup(saved: SavedMaps, items: Sequence[Item]):
