@@ -12,7 +12,9 @@ Rows:
 - the encoder alone: the default bundles of precomputed results written by 1, 2 and all cores'
   worth of threads, and of processes (``concurrent.futures``), images per second.
 
-The main table comes last.
+The main table comes last. The machines are noisy (the same row varies by a third between runs):
+``--rounds`` interleaves every row with its own model-only pass and reports the medians of the
+rounds' ratios and rates.
 
 Imports and model loading are not counted (the same for every row, ~3 s for the CLI).
 
@@ -27,6 +29,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -80,13 +83,13 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def model_only(model, preprocessing, files: list[Path], batch: int, device: str) -> float:
-    """Seconds for DAAM over every batch, inputs already on the device (best of 2 passes)."""
+def model_only(model, preprocessing, files: list[Path], batch: int, device: str, passes: int = 1) -> float:
+    """Seconds for DAAM over every batch, inputs already on the device (best of ``passes``)."""
     tensors = torch.stack([preprocessing(load_image(f)) for f in files]).to(device)
     best = float("inf")
     with DAAM(model) as daam:
         daam(tensors[:batch])  # warm-up
-        for _ in range(2):
+        for _ in range(passes):
             sync(device)
             start = time.perf_counter()
             for s in range(0, len(files), batch):
@@ -167,10 +170,12 @@ def main() -> None:
         "--workers", type=int, help="DataLoader workers (default: the command line's for the device)"
     )
     parser.add_argument("--writers", type=int, default=default_writers())
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 below 32 images)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     args.workers = default_workers(args.device) if args.workers is None else args.workers
+    args.rounds = args.rounds or (3 if args.images >= 32 else 1)
     model, preprocessing = load(args.model, args.device)
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,12 +190,20 @@ def main() -> None:
                    device=args.device)  # fmt: skip
         pooled = dict(workers=args.workers, writers=args.writers)
         end_to_end(**run, **pooled)  # warm caches
-        seconds_model = model_only(model, preprocessing, files, args.batch, args.device)
-        default = end_to_end(**run, **pooled)
-        with_gif = end_to_end(**run, **pooled, options=RenderOptions(gif=True))
-        maps_only = end_to_end(**run, **pooled, images=False)
-        every = end_to_end(**run, **pooled, options=RenderOptions(blocks=True, gif=True))
-        serial = end_to_end(**run, workers=0, writers=0)
+        rows = {
+            "default explain": dict(pooled),
+            "default and flow.gif (--gif)": dict(pooled, options=RenderOptions(gif=True)),
+            "maps only (--no-images)": dict(pooled, images=False),
+            "every picture (--blocks --gif)": dict(pooled, options=RenderOptions(blocks=True, gif=True)),
+            "default, main thread only (workers 0, writers 0)": dict(workers=0, writers=0),
+        }
+        model_seconds: list[float] = []
+        measured: dict[str, list] = {label: [] for label in rows}
+        for _ in range(args.rounds):
+            for label, options in rows.items():  # each row beside its own model-only pass
+                model_seconds.append(model_only(model, preprocessing, files, args.batch, args.device))
+                measured[label].append((model_seconds[-1], *end_to_end(**run, **options)))
+        serial = measured["default, main thread only (workers 0, writers 0)"][-1][1:]
         encoder = encoder_alone(model, preprocessing, files[: min(len(files), 32)], cores)
     n = len(files)
     what = "photos of 640-1600 px" if args.photos else f"scenes of {args.size} px"
@@ -209,18 +222,17 @@ def main() -> None:
           f"model {t['model']:.2f} s, encode + write {t['write']:.2f} s, other "
           f"{seconds - sum(t.values()):.2f} s")  # fmt: skip
     print()
+    print(f"medians of {args.rounds} interleaved rounds (the ratio: each round's row against the model-only "
+          "pass just before it)\n")  # fmt: skip
     print("| run | images/s | × model only | bytes per image | files per image |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| model only (DAAM on preprocessed batches in memory) | {n / seconds_model:.1f} | 1.00 | | |")
-    for label, (seconds, _, size, count) in (
-        ("default explain", default),
-        ("default and flow.gif (--gif)", with_gif),
-        ("maps only (--no-images)", maps_only),
-        ("every picture (--blocks --gif)", every),
-        ("default, main thread only (workers 0, writers 0)", serial),
-    ):
-        print(f"| {label} | {n / seconds:.1f} | {seconds_model / seconds:.2f} | {size / n / 1e3:,.0f} KB | "
-              f"{count / n:.2f} |")  # fmt: skip
+    alone = n / statistics.median(model_seconds)
+    print(f"| model only (DAAM on preprocessed batches in memory) | {alone:.1f} | 1.00 | | |")
+    for label, results in measured.items():
+        rate = statistics.median(n / seconds for _, seconds, _, _, _ in results)
+        ratio = statistics.median(alone / seconds for alone, seconds, _, _, _ in results)
+        size, count = results[-1][3], results[-1][4]
+        print(f"| {label} | {rate:.1f} | {ratio:.2f} | {size / n / 1e3:,.0f} KB | {count / n:.2f} |")
 
 
 if __name__ == "__main__":

@@ -295,3 +295,22 @@ def test_help_documents_every_option():
         "--gif-duration",
     ):
         assert option in proc.stdout
+
+
+def test_a_refused_run_leaves_nothing_and_a_file_lands_where_its_folder_would(tmp_path, capsys):
+    """A class out of range is found by the model's first batch: the output folder the run made
+    is removed again (one it did not make is kept). A file argument and a folder argument name
+    an image's output the same way."""
+    from vitflow.data.scenes import generate_scene
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(generate_scene(1, 0).image).save(tmp_path / "photos" / "cat.png")
+    out = tmp_path / "out"
+    assert main(["explain", str(tmp_path / "photos"), "--target", "99", "--out", str(out), "--quiet"]) == 2
+    assert "out of range" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    assert main(["explain", str(tmp_path / "photos"), "--target", "99", "--out", str(out), "--quiet"]) == 2
+    assert out.is_dir()
+    for source, into in ((tmp_path / "photos", "a"), (tmp_path / "photos" / "cat.png", "b")):
+        assert main(["explain", str(source), "--out", str(tmp_path / into), "--quiet"]) == 0
+    assert all((tmp_path / into / "cat" / "manifest.json").is_file() for into in ("a", "b"))

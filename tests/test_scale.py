@@ -54,7 +54,7 @@ def test_saved_maps_are_the_library_maps_with_their_ids_logits_and_targets(scene
     assert len(shards) == 2  # 8 files in chunks of 4; the broken one leaves 3 rows in the first
     saved = load_maps(tmp_path / "run")
     source = Path(saved.images[0])
-    assert len(saved) == 7 and saved.ids[0] == f"images/{source.parent.name}/{source.stem}"  # OUT/<id>/
+    assert len(saved) == 7 and saved.ids[0] == f"{source.parent.name}/{source.stem}"  # OUT/<id>/
     row = saved.row(saved.ids[4])
     image = Image.open(saved.images[row]).convert("RGB")
     with DAAM(model) as daam:

@@ -93,18 +93,17 @@ def test_atomic_dir_replaces_a_folder_whole_and_leaves_it_when_the_block_fails(t
 
 
 def test_a_file_and_a_folder_of_the_same_name_keep_both_explanations(tmp_path):
-    """``photos.jpg`` explains into ``OUT/photos/``, the folder ``photos/`` into ``OUT/photos/...``:
-    replacing the first folder whole must not remove the second's."""
+    """``photos/cat.png`` explains into ``OUT/cat/``, ``photos/cat/kitten.png`` into
+    ``OUT/cat/kitten/``: replacing the first folder whole must not remove the second's."""
     from vitflow.cli import main
 
     write_scenes(tmp_path / "s", 2, seed=4)
     images = sorted((tmp_path / "s" / "images").rglob("*.png"))
-    (tmp_path / "photos").mkdir()
-    images[0].rename(tmp_path / "photos" / "cat.png")
-    images[1].rename(tmp_path / "photos.png")
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    images[0].rename(tmp_path / "photos" / "cat" / "kitten.png")
+    images[1].rename(tmp_path / "photos" / "cat.png")
     for _ in range(2):  # the rerun replaces both bundles
-        code = main(["explain", str(tmp_path / "photos"), str(tmp_path / "photos.png"),
-                     "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+        code = main(["explain", str(tmp_path / "photos"), "--out", str(tmp_path / "o"), "--quiet"])
         assert code == 0
-        assert (tmp_path / "o" / "photos" / "manifest.json").is_file()
-        assert (tmp_path / "o" / "photos" / "cat" / "manifest.json").is_file()
+        assert (tmp_path / "o" / "cat" / "manifest.json").is_file()
+        assert (tmp_path / "o" / "cat" / "kitten" / "manifest.json").is_file()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -67,17 +68,18 @@ class ExplainReport:
 
 
 def image_jobs(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """``(image file, output folder)`` for every input: a file gives ``OUT/<stem>``; a folder gives
-    ``OUT/<folder name>/<path inside it without suffix>`` for each image in it. Names that would
-    repeat get ``_2``, ``_3``, ... so no image's output overwrites another's."""
+    """``(image file, output folder)`` for every input, one rule for files and folders: an image
+    is explained into ``OUT/<its path inside the folder given, without suffix>``, so ``photo.jpg``
+    and ``photos/`` holding ``photo.jpg`` both give ``OUT/photo/`` (a subfolder's image
+    ``OUT/sub/photo/``). Names that would repeat get ``_2``, ``_3``, ... so no image's output
+    overwrites another's."""
     out = Path(out)
     jobs, used = [], set()
     for entry in inputs:
         entry = Path(entry)
         for path in collect_images([entry]):
             if entry.is_dir():
-                relative = path.relative_to(entry).with_suffix("")
-                name = Path(entry.resolve().name or "images") / relative
+                name = path.relative_to(entry).with_suffix("")
             else:
                 name = Path(path.stem or "image")
             candidate, n = name, 1
@@ -227,6 +229,7 @@ def explain_files(
         "metadata": json.loads(json.dumps(metadata or {}, default=str)), "render": asdict(options),
         "save_maps": save_maps, "images": images, "max_pixels": max_pixels,
     }  # fmt: skip
+    fresh = not out.exists()  # a run refused before it finishes a chunk leaves no folder it made
     run = ChunkedRun.open(
         len(jobs), batch_size, chunk_images, out / ".vitflow", state, lambda i: _job_key(jobs[i]), group,
         strict=False, what="explain", suffix=".json",
@@ -346,6 +349,11 @@ def explain_files(
         with DAAM(model, rho=rho, normalize_blocks=normalize_blocks, adapter=adapter) as daam:
             loader = iter(loader)
             run_chunks(group, todo, lambda c: explain_chunk(c, daam, pool), describe, bar.update)
+    except Exception:  # a class out of range, a target the model cannot take: not a signal
+        if fresh and group.is_main and not any(ledger.path(c, ".json").exists() for c in range(len(plan))):
+            pool.close()
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         pool.close()
         bar.close()
