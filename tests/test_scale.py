@@ -122,8 +122,8 @@ def test_explain_resumes_by_chunk_and_redoes_what_changed(scenes, tmp_path):
     (inputs / "3.png").write_bytes((inputs / "0.png").read_bytes())  # an edited file: its chunk is redone
     edited = explain_files(model, counted, [inputs], tmp_path / "out", batch_size=2, chunk_images=2)
     assert len(calls) == 2 + 1 and edited.resumed == 4
-    manifest = json.loads((tmp_path / "out" / "inputs" / "3" / "manifest.json").read_text())
-    reference = json.loads((tmp_path / "out" / "inputs" / "0" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "3" / "manifest.json").read_text())
+    reference = json.loads((tmp_path / "out" / "0" / "manifest.json").read_text())
     final, expected = manifest["blocks"][-1]["map"], reference["blocks"][-1]["map"]  # the new content
     assert final["argmax"] == expected["argmax"] and final["sum"] == pytest.approx(expected["sum"], rel=1e-5)
     calls.clear()
