@@ -27,7 +27,7 @@ from vitflow.models.demo import NAME, load_demo_model  # noqa: E402
 from vitflow.render.placement import Display, crop_box  # noqa: E402
 
 
-def _expected(path, block, opacity=0.5, kind="accumulated"):
+def _expected(path, block, opacity=0.4, kind="accumulated"):
     """The library's picture of ``block`` for the image file at ``path``: DAAM on the demo ViT,
     drawn on the original where the crop came from."""
     model, pre = load_demo_model()
@@ -36,7 +36,7 @@ def _expected(path, block, opacity=0.5, kind="accumulated"):
         result = daam(pre(image)[None])
     display = Display.of_original(image, crop_box(pre, pre.mean, pre.std, (image.height, image.width)))
     heat = display.heat(result.maps[0]) if kind == "accumulated" else display.block_heat(result.block_maps[0])
-    return display.overlay(heat[block - 1], alpha=opacity, image_weight=1 - opacity)
+    return display.overlay(heat[block - 1], alpha=opacity, image_weight=0.8)  # the command line's weights
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,11 @@ def test_app_in_headless_chromium(files, tmp_path):
         driver.get(url)
         wait = WebDriverWait(driver, 90)
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
+        # before any upload: the block slider spans the demo ViT's 6 blocks, the map weight is the CLI's
+        slider = driver.find_element(By.CSS_SELECTOR, "#block input[type=range]")
+        assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("1", "6")
+        weight = driver.find_element(By.CSS_SELECTOR, "#opacity input[type=range]")
+        assert weight.get_attribute("value") == "0.4"
 
         def daam_src():
             found = driver.find_elements(By.CSS_SELECTOR, "#daam img")
@@ -168,13 +173,17 @@ def test_app_in_headless_chromium(files, tmp_path):
         )
         wait.until(lambda d: daam_src() and daam_src() != first)
         np.testing.assert_array_equal(_fetch(daam_src()), _expected(files / "scene.png", 2))
+        label = lambda d: d.find_element(By.CSS_SELECTOR, "#daam").text  # noqa: E731
+        wait.until(lambda d: "DAAM: accumulated map, block 2 of 6: " in label(d))
         # a file that is not an image: a message in the page, not a stack trace
         for clear in driver.find_elements(By.CSS_SELECTOR, "#upload button[aria-label='Clear']"):
             clear.click()
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
         explain(files / "notes.jpg")
         wait.until(lambda d: "Could not explain" in d.find_element(By.ID, "status").text)
-        assert "not an image file" in driver.find_element(By.ID, "status").text
+        status = driver.find_element(By.ID, "status").text
+        assert "notes.jpg" in status and "not an image file" in status
+        assert "/tmp" not in status and "gradio" not in status.lower()  # not the upload's temporary path
         assert "Traceback" not in driver.page_source
     finally:
         driver.quit()

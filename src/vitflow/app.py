@@ -30,6 +30,16 @@ PREDICTED = "predicted class"
 NO_BASELINE = "none"
 
 
+#: the overlay's weights: the command line's defaults (``--alpha``, ``--image-weight``)
+ALPHA, IMAGE_WEIGHT = RenderOptions.alpha, RenderOptions.image_weight
+
+
+def caption(explained: Explained, block: int, kind: str) -> str:
+    """What a picture shows: which map, after which block, for which class."""
+    what = "the block's own map" if kind == "per block" else "accumulated map"
+    return f"DAAM: {what}, block {block} of {explained.result.num_blocks}: {explained.label}"
+
+
 class AppError(ValueError):
     """A request the app cannot serve; its message is shown in the page."""
 
@@ -63,6 +73,9 @@ class Session:
         self.display_size = display_size
         self.lock = threading.Lock()  # one request runs the model at a time
         self.boxes = CropBoxes(loaded.preprocessing)
+        from vitflow.adapters import resolve_adapter
+
+        self.num_blocks = len(resolve_adapter(self.model).sites())
 
     @property
     def choices(self) -> list[str]:
@@ -88,8 +101,8 @@ class Session:
             raise AppError("upload an image first (or pick an example)")
         try:
             loaded = read_image(path)
-        except ImageLoadError as error:
-            raise AppError(str(error)) from None
+        except ImageLoadError as error:  # named by the file's own name, not the upload's temporary path
+            raise AppError(str(error).replace(str(path), Path(path).name)) from None
         pre = self.loaded.preprocessing
         x = pre(loaded.image)[None].to(self.device)
         with self.lock, DAAM(self.model) as daam:
@@ -126,17 +139,19 @@ class Session:
         block: int,
         kind: str = "accumulated",
         cmap: str = "jet",
-        opacity: float = 0.5,
+        opacity: float = ALPHA,
     ) -> np.ndarray:
-        """The overlay for ``block`` (1-based), as the viewer draws it: ``opacity * cmap(heat) +
-        (1 - opacity) * image`` inside the crop, the photo dimmed outside."""
+        """The overlay for ``block`` (1-based), as the command line and the viewer draw it:
+        ``opacity * cmap(heat) + 0.8 * image`` inside the crop (the map's weight; the photo's is
+        the command line's ``--image-weight``), the photo dimmed outside."""
         heats = self.heat(explained, kind)
         if not 1 <= block <= len(heats):
             raise AppError(f"block must be 1..{len(heats)}")
-        return explained.display.overlay(heats[block - 1], alpha=opacity, image_weight=1 - opacity, cmap=cmap)
+        heat = heats[block - 1]
+        return explained.display.overlay(heat, alpha=opacity, image_weight=IMAGE_WEIGHT, cmap=cmap)
 
     def baseline(
-        self, explained: Explained, name: str, cmap: str = "jet", opacity: float = 0.5
+        self, explained: Explained, name: str, cmap: str = "jet", opacity: float = ALPHA
     ) -> np.ndarray | None:
         """A baseline method's map for the same image and class, drawn the same way."""
         if name in (None, "", NO_BASELINE):
@@ -152,7 +167,7 @@ class Session:
                 ]
             explained.baselines[name] = explained.display.heat(maps.cpu()[0][None].float(), mode="minmax")[0]
         heat = explained.baselines[name]
-        return explained.display.overlay(heat, alpha=opacity, image_weight=1 - opacity, cmap=cmap)
+        return explained.display.overlay(heat, alpha=opacity, image_weight=IMAGE_WEIGHT, cmap=cmap)
 
     def stats(self, explained: Explained) -> list[list]:
         """Per block: the accumulated map's maximum, the block map's maximum, the block's share of
@@ -193,7 +208,9 @@ class Session:
         archive.write_bytes(buffer.getvalue())
         return archive
 
-    def gif(self, explained: Explained, folder: str | Path, cmap: str = "jet", opacity: float = 0.5) -> Path:
+    def gif(
+        self, explained: Explained, folder: str | Path, cmap: str = "jet", opacity: float = ALPHA
+    ) -> Path:
         from vitflow.render import encode_gif, label_frame
 
         frames = [
@@ -232,7 +249,8 @@ def build_app(session: Session, examples: list[str] | None = None, title: str = 
                 None,
             )
         last = explained.result.num_blocks
-        picture = session.picture(explained, last, kind, cmap, opacity)
+        picture = gr.update(value=session.picture(explained, last, kind, cmap, opacity),
+                            label=caption(explained, last, kind))  # fmt: skip
         base = session.baseline(explained, baseline, cmap, opacity)
         top5 = {name: p for name, p in explained.top5}
         message = f"Explained **{explained.label}** with {session.loaded.label}; {last} blocks."
@@ -243,9 +261,9 @@ def build_app(session: Session, examples: list[str] | None = None, title: str = 
         if explained is None:
             return None, None
         block = int(min(max(block, 1), explained.result.num_blocks))
-        return session.picture(explained, block, kind, cmap, opacity), session.baseline(
-            explained, baseline, cmap, opacity
-        )
+        picture = gr.update(value=session.picture(explained, block, kind, cmap, opacity),
+                            label=caption(explained, block, kind))  # fmt: skip
+        return picture, session.baseline(explained, baseline, cmap, opacity)
 
     def animate(explained, cmap, opacity):
         if explained is None:
@@ -275,20 +293,22 @@ def build_app(session: Session, examples: list[str] | None = None, title: str = 
                 status = gr.Markdown("", elem_id="status")
                 top5 = gr.Label(label="top-5", num_top_classes=5)
             with gr.Column(scale=2):
-                block = gr.Slider(1, 12, value=12, step=1, label="block", elem_id="block")
+                blocks = session.num_blocks  # the model's, before the first explanation too
+                block = gr.Slider(1, blocks, value=blocks, step=1, label="block", elem_id="block")
                 with gr.Row():
                     kind = gr.Radio(
                         ["accumulated", "per block"], value="accumulated", label="maps", elem_id="kind"
                     )
                     cmap = gr.Dropdown(available_colormaps(), value="jet", label="colormap")
-                    opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="opacity")
+                    opacity = gr.Slider(0, 1, value=ALPHA, step=0.05, label="map weight", elem_id="opacity")
                     baseline = gr.Dropdown(
                         [NO_BASELINE, *baseline_names()], value=NO_BASELINE, label="baseline beside DAAM"
                     )
                 with gr.Row():
                     shown = gr.Image(
-                        label="DAAM", type="numpy", format="png", elem_id="daam", interactive=False
-                    )
+                        label="DAAM: the accumulated map after each block", type="numpy", format="png",
+                        elem_id="daam", interactive=False,
+                    )  # fmt: skip
                     beside = gr.Image(label="baseline", type="numpy", format="png", elem_id="baseline",
                                       interactive=False)  # fmt: skip
                 with gr.Row():
