@@ -179,8 +179,8 @@ def _write_files(
     label = manifest["target"].get("name", "")
     last = result.num_blocks - 1
 
-    def caption(b: int) -> str:
-        return f"block {b + 1}/{result.num_blocks}  {label}"
+    def caption(b: int) -> str:  # which block, which class, which display normalisation
+        return f"block {b + 1}/{result.num_blocks}  {label}  ({options.mode})"
 
     def picture(shown: Display, heat: np.ndarray) -> np.ndarray:
         return shown.overlay(heat, alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap)
@@ -198,15 +198,15 @@ def _write_files(
     width = max(2, math.ceil(math.log10(result.num_blocks + 1)))
     for k, block_heat in enumerate(heat):
         b = k if every else last
-        frame = picture(display, block_heat)
+        labelled = label_frame(picture(display, block_heat), caption(b))
         if options.blocks:
             name = f"block_{b + 1:0{width}d}.png"
-            write_bytes_atomic(out_dir / name, _png(frame), durable=False)
+            write_bytes_atomic(out_dir / name, _png(np.asarray(labelled)), durable=False)
             block_files.append(name)
             manifest["blocks"][b]["file"] = name
         if every:
-            frames.append(label_frame(frame, caption(b)))
-    final = frames[-1] if every else label_frame(frame, caption(last))
+            frames.append(labelled)
+    final = frames[-1] if every else labelled
     write_bytes_atomic(out_dir / "final.jpg", _jpeg(final), durable=False)
     if options.gif:
         small = display.scaled(options.gif_size or GIF_SIZE)
