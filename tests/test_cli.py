@@ -101,7 +101,7 @@ def test_explain_writes_overlays_gif_and_manifest(workspace, capsys):
         assert np.abs(first.astype(int) - last.astype(int)).mean() > 1  # the flow changes
         assert Image.open(folder / "block_12.png").size == shown
         corner = np.asarray(Image.open(folder / "block_03.png").convert("RGB"))[:12, :60]
-        assert (corner == 0).all(axis=2).any() and (corner == 255).all(axis=2).any()  # the label's box and text
+        assert (corner == 0).all(axis=2).any() and (corner == 255).all(axis=2).any()  # label box, text
     # the manifest agrees with the library on the same preprocessed input
     from vitflow import DAAM
     from vitflow.data import Preprocessing, load_image
