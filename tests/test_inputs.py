@@ -367,20 +367,26 @@ def test_damaged_bank_files_load_or_refuse_with_a_bank_error(bank_bytes, cut, fl
     assert bank.features.shape[1] == 4 and len(bank) == len(bank.labels)
 
 
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
 def test_progress_is_drawn_on_a_terminal_and_cleared_before_report_lines():
     from vitflow.runs.progress import Progress
 
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    stream = Terminal()
+    stream = _Terminal()
     bar = Progress(4, "explain", stream=stream)
-    bar.update(4)
+    bar.update(2)
+    bar.update(2)
     bar.clear()
     stream.write("vitflow: error: x\n")
+    bar.close()
     text = stream.getvalue()
-    assert text.startswith("\r\033[Kexplain: 4/4 images") and "\r\033[Kvitflow: error" in text
+    drawn = text[: text.index("vitflow: error")]
+    assert "explain:" in drawn and "2/4" in drawn and "|#####" in drawn  # a bar, with counts
+    assert drawn.rstrip(" ").endswith("\r")  # the error line starts where the bar was erased
+    assert "4/4" in text[text.index("vitflow: error"):]  # closed: drawn once more, complete
     log = io.StringIO()  # a log file or a pipe: no bar at all
     quiet = Progress(4, "explain", stream=log)
     quiet.update(4)
@@ -388,12 +394,16 @@ def test_progress_is_drawn_on_a_terminal_and_cleared_before_report_lines():
     assert not quiet.enabled and log.getvalue() == ""
 
 
-def test_progress_gives_the_rate_and_the_time_left_counting_only_work_done_now(monkeypatch):
-    from vitflow.runs import progress as progress_module
+def test_progress_rates_only_work_done_after_the_first_batch_and_this_run():
+    """The model's warm-up (the first batch) and an earlier run's images count as done but not
+    toward the rate: the bar starts with them as its initial count."""
+    from vitflow.runs.progress import Progress
 
-    clock = iter([100.0, 110.0])  # start, then the moment the line is drawn
-    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
-    bar = progress_module.Progress(1000, "explain", enabled=False)
-    bar.skipped = 400  # done by an earlier run: not part of the rate
-    bar.done = 50  # 50 images in 10 s: 5 img/s; 550 left: 1:50
-    assert bar.line() == "explain: 450/1000 images (5.0 img/s, 1:50 left)"
+    bar = Progress(1000, "explain", stream=_Terminal())
+    bar.skip(400)  # done by an earlier run
+    assert bar._bar is None  # nothing drawn, no clock, before work is done
+    bar.update(8)  # the first batch, warm-up included
+    assert bar._bar.initial == 408 and bar._bar.n == 408 and bar._bar.total == 1000
+    bar.update(50)
+    assert bar._bar.n == 458 and bar.finished == 458
+    bar.close()

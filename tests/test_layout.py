@@ -156,9 +156,12 @@ def toy(monkeypatch):
 
 
 def test_a_model_family_from_one_file_joins_models_explain_and_evaluate(toy, tmp_path, capsys):
-    assert main(["models"]) == 0
+    assert main(["models", "--markdown"]) == 0
     row = "| toy | `ToyViT` | the tests' toy ViT (fused attention) | `toy:tiny` | yes |"
     assert row in capsys.readouterr().out
+    assert main(["models"]) == 0  # the terminal's table: within 100 columns, cells wrapped
+    table = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in table) <= 100 and any("ToyViT" in line for line in table)
     assert main(["models", "t*"]) == 0
     listed = capsys.readouterr().out
     assert "toy          tiny" in listed and "ToyViT" in listed

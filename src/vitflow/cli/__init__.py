@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -76,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "folder appears whole or not at all): rerun the same command to finish the rest"
             )
             return 128 + int(signum)
+        except BrokenPipeError:  # the reader went away (`vitflow models 'vit*' | head`): nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either
+            return 128 + int(signal.SIGPIPE)
         finally:
             distributed.shutdown()
 

@@ -19,14 +19,48 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "0.1 s each).",
     )
     models.add_argument("pattern", nargs="?", metavar="PATTERN")
+    models.add_argument("--markdown", action="store_true", help="the table as Markdown (as in the docs)")
     models.set_defaults(handler=run)
+
+
+#: the terminal width the output keeps to
+WIDTH = 100
+
+
+def _table() -> None:
+    """The supported-model table, drawn by rich within :data:`WIDTH` columns (cells wrap)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from vitflow.models.catalogue import architectures
+
+    table = Table(show_lines=False, pad_edge=False, expand=False)
+    for column, ratio in (("family", 1), ("class", 2), ("covers", 3), ("e.g.", 2), ("DAAM", 2)):
+        table.add_column(column, ratio=ratio, overflow="fold")
+    for a in architectures():
+        status = ("yes" + (f", {a.note}" if a.note else "")) if a.supported else f"refused: {a.note}"
+        table.add_row(a.family, a.cls, a.covers, a.example, status)
+    Console(width=WIDTH, highlight=False, soft_wrap=False).print(table)
+
+
+def _row(family: str, name: str, cls: str, status: str, width: int) -> str:
+    """One pattern-listing row within :data:`WIDTH` columns: a long verdict wraps under itself."""
+    import textwrap
+
+    head = f"{family:<12} {name:<{width}}  {cls:<26} "
+    room = max(16, WIDTH - len(head))
+    lines = textwrap.wrap(status, room) or [""]
+    return "\n".join([head + lines[0], *(" " * len(head) + line for line in lines[1:])])
 
 
 def run(args: argparse.Namespace) -> int:
     from vitflow.models import catalogue
 
     if not args.pattern:
-        print(catalogue.markdown(), end="")
+        if args.markdown:
+            print(catalogue.markdown(), end="")
+        else:
+            _table()
         return EXIT_OK
     listings = [
         (name, family, family.names(args.pattern))
@@ -38,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
         say_error(f"no architecture matches {args.pattern!r}; run `vitflow models` for the table")
         return EXIT_USAGE
     width = max(len(name) for name in every)
+    print(_row("family", "name", "class", "DAAM", width))
     supported = 0
     for family_name, family, names in listings:
         assert family.verdicts is not None  # filtered above
         for name, cls, status in family.verdicts(names):  # printed as they are built
             supported += status.startswith("yes")
-            print(f"{family_name:<12} {name:<{width}}  {cls:<26} {status}", flush=True)
+            print(_row(family_name, name, cls, status, width), flush=True)
     print(f"{supported} of {len(every)} supported")
     return EXIT_OK
