@@ -181,13 +181,19 @@ def test_readme_table_is_the_zoo():
 
 
 def test_models_command_lists_table_and_names(capsys):
-    assert main(["models"]) == 0
+    assert main(["models", "--markdown"]) == 0
+    assert catalogue.markdown().strip() in capsys.readouterr().out
+    assert main(["models"]) == 0  # the terminal's table: every architecture's class, in 100 columns
     out = capsys.readouterr().out
-    assert catalogue.markdown().strip() in out
+    assert {a.family for a in catalogue.architectures()} <= set(out.split())
+    assert "VisionTransformer" in out and "refused" in out  # long cells wrap within their column
+    assert max(len(line) for line in out.splitlines()) <= 100
     assert main(["models", "beit*_224"]) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["family", "name", "class", "DAAM"]
+    assert max(len(line) for line in out.splitlines()) <= 100
     assert re.search(
-        r"beit_base_patch16_224 +Beit +yes, with global_pool='token'.*'avg' head is refused", out
+        r"beit_base_patch16_224 +Beit +yes, with global_pool='token'.*'avg' head is refused", out, re.DOTALL
     ), out
     assert main(["models", "vit_small_patch14_dinov2"]) == 0
     out = capsys.readouterr().out

@@ -34,8 +34,9 @@ def _table() -> None:
 
     from vitflow.models.catalogue import architectures
 
-    table = Table(show_lines=False, pad_edge=False, expand=False)
-    for column, ratio in (("family", 1), ("class", 2), ("covers", 3), ("e.g.", 2), ("DAAM", 2)):
+    table = Table(show_lines=False, expand=False)
+    table.add_column("family", no_wrap=True)
+    for column, ratio in (("class", 2), ("covers", 3), ("e.g.", 2), ("DAAM", 2)):
         table.add_column(column, ratio=ratio, overflow="fold")
     for a in architectures():
         status = ("yes" + (f", {a.note}" if a.note else "")) if a.supported else f"refused: {a.note}"
