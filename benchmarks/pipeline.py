@@ -190,12 +190,12 @@ def main() -> None:
                    device=args.device)  # fmt: skip
         pooled = dict(workers=args.workers, writers=args.writers)
         end_to_end(**run, **pooled)  # warm caches
-        rows = {
-            "default explain": dict(pooled),
-            "default and flow.gif (--gif)": dict(pooled, options=RenderOptions(gif=True)),
-            "maps only (--no-images)": dict(pooled, images=False),
+        rows = {  # the rows the targets are about last (the before-stop hook shows the last four)
             "every picture (--blocks --gif)": dict(pooled, options=RenderOptions(blocks=True, gif=True)),
             "default, main thread only (workers 0, writers 0)": dict(workers=0, writers=0),
+            "default and flow.gif (--gif)": dict(pooled, options=RenderOptions(gif=True)),
+            "maps only (--no-images)": dict(pooled, images=False),
+            "default explain": dict(pooled),
         }
         model_seconds: list[float] = []
         measured: dict[str, list] = {label: [] for label in rows}
