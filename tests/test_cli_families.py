@@ -135,6 +135,16 @@ def test_offline_hub_model_fails_in_one_line(tmp_path, image):
             assert "download the model with its config into a directory and pass hf:DIRECTORY" in lines[0]
             reason = "HF_HUB_OFFLINE is set" if "HF_HUB_OFFLINE" in env else f"could not reach {endpoint}"
             assert reason in lines[0]
+        env = {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+        proc = subprocess.run(  # open_clip's weights come from the same hub
+            [sys.executable, "-m", "vitflow.cli", "explain", str(image), "--model",
+             "open_clip:ViT-B-32/openai", "--text", "a cat", "--text", "a dog", "--out",
+             str(tmp_path / "out")],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1
+        assert lines[0].startswith(f"vitflow: error: open_clip:ViT-B-32/openai: could not reach {endpoint}")
     finally:
         silent.close()
     assert not (tmp_path / "out").exists()

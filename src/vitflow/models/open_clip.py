@@ -14,6 +14,7 @@ from vitflow.adapters import TextClassifier
 from vitflow.data.preprocess import Preprocessing
 from vitflow.models.checkpoints import (
     ModelLoadError,
+    check_hub,
     load_state_dict_strict,
     offline_error,
     quiet_hub,
@@ -38,13 +39,20 @@ def load(name, checkpoint, headless, texts, img_size=None) -> LoadedModel:
             f"open_clip:{name} names no weights: add a pretrained tag (open_clip:{architecture}/openai, "
             "see open_clip.list_pretrained()) or give --checkpoint FILE"
         )
+    hint = "pass --checkpoint FILE (.safetensors or .pth)"
+    if checkpoint is None:  # offline or unreachable hub: one line in seconds, not after retries
+        try:
+            hub = (open_clip.get_pretrained_cfg(architecture, pretrained) or {}).get("hf_hub") or None
+        except Exception:  # noqa: BLE001 - an unknown tag is open_clip's to report
+            hub = None
+        files = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+        check_hub(f"open_clip:{name}", hub.strip("/") if hub else None, files, hint)
     try:
         with quiet_hub():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 architecture, pretrained=None if checkpoint else (pretrained or None)
             )
     except Exception as error:
-        hint = "pass --checkpoint FILE (.safetensors or .pth)"
         raise offline_error(f"open_clip:{name}", error, hint) from None
     if checkpoint is not None:
         load_state_dict_strict(model, read_state_dict(checkpoint), f"checkpoint {checkpoint}")
