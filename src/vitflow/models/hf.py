@@ -46,10 +46,21 @@ def load(name, checkpoint, headless, texts, img_size=None) -> LoadedModel:
     def transform(image):
         return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
-    labels = getattr(model.config, "id2label", None)
-    names = [labels[i] for i in range(len(labels))] if labels and hasattr(model, "classifier") else None
+    names = id2label_names(model)
     config = {"processor": type(processor).__name__, "mean": mean, "std": std}
     return LoadedModel(model.eval(), Preprocessing(transform, mean, std, config), names, f"hf:{name}")
+
+
+def id2label_names(model: nn.Module) -> list[str] | None:
+    """A transformers classifier's class names (``config.id2label``, in index order); ``None``
+    for a model without a classifier head or labels."""
+    labels = getattr(getattr(model, "config", None), "id2label", None)
+    if not isinstance(labels, dict) or not labels or getattr(model, "classifier", None) is None:
+        return None
+    try:
+        return [str(labels[i]) for i in range(len(labels))]
+    except KeyError:
+        return None
 
 
 ARCHITECTURES = (

@@ -18,13 +18,11 @@ from vitflow.models.family import FAMILIES, LoadedModel
 def model_class_names(model) -> list[str] | None:
     """A loaded model's own class names, where it carries them: ``config.id2label`` (transformers)
     or timm's ImageNet descriptions; ``None`` otherwise (pass them to ``DAAM(class_names=...)``)."""
-    labels = getattr(getattr(model, "config", None), "id2label", None)
-    head = getattr(model, "classifier", None)
-    if isinstance(labels, dict) and labels and head is not None:
-        try:
-            return [str(labels[i]) for i in range(len(labels))]
-        except KeyError:
-            return None
+    from vitflow.models.hf import id2label_names
+
+    names = id2label_names(model)
+    if names is not None:
+        return names
     if type(model).__module__.startswith("timm."):
         from vitflow.models.timm import class_names
 
