@@ -1,6 +1,7 @@
 """Self-supervised mode: k-NN weights (method.md section 5) against an independent float64
 implementation, chunked search, memory banks on disk, end to end on a DINO-style backbone."""
 
+import dataclasses
 import json
 import math
 
@@ -257,6 +258,19 @@ def test_bank_build_and_explain_commands(tmp_path, scene_folder, capsys):
         main(["explain", str(image), "--bank", str(bank_file), "--target", "1", "--out", str(tmp_path / "x")])
         == 2
     )
+
+    # a bank smaller than the default k = 20: the default shrinks to the bank, and says so; an
+    # explicit --k larger than the bank is refused in one line
+    first = torch.tensor([int((bank.labels == c).nonzero()[0]) for c in range(bank.num_classes)])
+    small = dataclasses.replace(bank, features=bank.features[first], labels=bank.labels[first])
+    small.save(tmp_path / "small.bank")
+    capsys.readouterr()
+    args = ["explain", str(image), "--bank", str(tmp_path / "small.bank")]
+    assert main([*args, "--out", str(tmp_path / "small")]) == 0
+    assert "the bank holds 8 features, so k-NN uses k = 8 (default 20)" in capsys.readouterr().err
+    assert main([*args, "--k", "9", "--out", str(tmp_path / "k9")]) == 2
+    assert "k must be between 1 and the bank size 8, got 9" in capsys.readouterr().err
+    assert not (tmp_path / "k9").exists()
 
 
 @pytest.mark.skipif(

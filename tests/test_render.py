@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitflow.render import apply_colormap, colormap_lut, overlay, to_uint8
+from vitflow.render import MODES, apply_colormap, colormap_lut, overlay, to_uint8
 from vitflow.render.colormap import _builtin_jet
 
 # Two accumulated maps of one image on a 1x3 grid.
@@ -73,3 +73,15 @@ def test_overlay_blends_published_weights():
     assert overlay(image, heat, alpha=0.0, image_weight=1.0).tolist() == image.tolist()
     with pytest.raises(ValueError, match="lie in \\[0, 1\\]"):
         overlay(np.full((4, 4, 3), -1.0), heat)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_map_comes_back_as_one_heatmap(mode):
+    """A single (h, w) map gives one (H, W) heatmap, equal to the L = 1 sequence's only frame, so it
+    goes straight into overlay() (the README's Python example)."""
+    one = torch.tensor(FLOW)[-1]
+    for size in (None, (4, 6)):
+        heat = to_uint8(one, size=size, mode=mode)
+        assert heat.shape == (size or one.shape)
+        assert (heat == to_uint8(one[None], size=size, mode=mode)[0]).all()
+    assert overlay(np.zeros((4, 6, 3), np.uint8), to_uint8(one, size=(4, 6), mode=mode)).shape == (4, 6, 3)

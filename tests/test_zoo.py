@@ -16,7 +16,7 @@ from vitflow import DAAM
 from vitflow.cli import main
 from vitflow.models import catalogue
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+MODELS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "snippets" / "models_table.md"
 
 
 def reference_maps(model, x, target, prefix, grid):
@@ -176,8 +176,8 @@ def _target_for(model, daam, x):
     return FeatureWeightTarget(torch.linspace(0.1, 1.0, dim))
 
 
-def test_readme_table_is_the_zoo():
-    assert catalogue.markdown() in README.read_text()
+def test_docs_table_is_the_zoo():
+    assert catalogue.markdown() in MODELS_PAGE.read_text()
 
 
 def test_models_command_lists_table_and_names(capsys):

@@ -84,9 +84,10 @@ class Session:
     def _target(self, choice: str):
         if self.bank is not None:
             from vitflow.targets import KNNTarget, ReferenceTarget
+            from vitflow.targets.knn import DEFAULT_K
 
             if choice in (None, "", PREDICTED):
-                return KNNTarget(self.bank, k=min(20, len(self.bank)))
+                return KNNTarget(self.bank, k=min(DEFAULT_K, len(self.bank)))
             index = self.names.index(choice)
             return ReferenceTarget(self.bank.features[self.bank.labels == index].float())
         if choice in (None, "", PREDICTED):

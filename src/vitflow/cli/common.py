@@ -307,10 +307,17 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
             target = class_index(target, names)
         if args.bank is not None:
             from vitflow.targets import KNNTarget, MemoryBank
+            from vitflow.targets.knn import DEFAULT_K
 
             bank = MemoryBank.load(args.bank)
             bank.check_model(loaded.model)
-            target = KNNTarget(bank, k=args.k, temperature=args.temperature)
+            k = args.k
+            if k is None:
+                k = min(DEFAULT_K, len(bank))
+                if k < DEFAULT_K:
+                    say_note(f"the bank holds {len(bank)} features, so k-NN uses k = {k} "
+                             f"(default {DEFAULT_K})")
+            target = KNNTarget(bank, k=k, temperature=args.temperature)
             names = bank.class_names
         options = RenderOptions(
             mode=args.mode, alpha=args.alpha, image_weight=args.image_weight, cmap=args.cmap,

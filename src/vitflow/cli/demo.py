@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from vitflow.data.scenes import write_scenes
 
     args.model = args.checkpoint = None
-    args.k, args.temperature = 20, 0.07
+    args.k, args.temperature = None, 0.07
     if args.knn:
         from vitflow.models.demo import bank_path
 

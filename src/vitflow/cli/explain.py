@@ -47,7 +47,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "k-NN decision (method.md section 5); the model is built with num_classes=0",
     )
     explain.add_argument(
-        "--k", type=positive_int, default=20, help="k-NN neighbours with --bank (default 20)"
+        "--k", type=positive_int, default=None,
+        help="k-NN neighbours with --bank (default 20, or the bank's size when it holds fewer)",
     )
     explain.add_argument(
         "--temperature", type=float, default=0.07, help="k-NN vote temperature with --bank (default 0.07)"

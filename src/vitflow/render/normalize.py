@@ -75,19 +75,21 @@ def to_uint8(
 
     Args:
         maps: ``(L, h, w)`` accumulated maps ``L_{1,DAAM} .. L_{L,DAAM}`` of one image (a single
-            ``(h, w)`` map is treated as ``L = 1``). "sigmoid" and "global" use the last map as the
-            reference, so pass the whole sequence even to render one block.
+            ``(h, w)`` map is treated as ``L = 1`` and comes back as one ``(H, W)`` heatmap).
+            "sigmoid" and "global" use the last map as the reference, so pass the whole sequence
+            even to render one block.
         size: ``(H, W)`` to resize to (bilinear, after the uint8 conversion, as published);
             ``None`` keeps ``h x w``.
         mode: ``"sigmoid"`` (published default), ``"global"`` (the paper's figure) or ``"minmax"``.
 
     Returns:
-        ``(L, H, W)`` uint8 numpy array.
+        ``(L, H, W)`` uint8 numpy array (``(H, W)`` for one ``(h, w)`` map).
     """
     if mode not in _NORMALIZERS:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     out = _NORMALIZERS[mode](_as_float64(maps))
-    return out if size is None else resize_uint8(out, size)
+    out = out if size is None else resize_uint8(out, size)
+    return out[0] if np.ndim(maps) == 2 else out
 
 
 def scale_to_uint8(maps: torch.Tensor | np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:

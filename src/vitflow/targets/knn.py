@@ -13,6 +13,9 @@ from vitflow.targets.bank import MemoryBank
 from vitflow.targets.base import TargetScores
 from vitflow.targets.features import _check_features, weighted_feature_score
 
+#: k-NN neighbours unless told otherwise (DINO's k-NN evaluation uses 20)
+DEFAULT_K = 20
+
 
 class KNNTarget:
     """Explain a backbone's feature through its weighted k-NN classification over ``bank``.
@@ -36,7 +39,7 @@ class KNNTarget:
     def __init__(
         self,
         bank: MemoryBank,
-        k: int = 20,
+        k: int = DEFAULT_K,
         temperature: float = 0.07,
         chunk_size: int = 65536,
         keep_on_device: bool | str = "auto",
