@@ -1,8 +1,8 @@
 """``vitflow app``: a local web app (Gradio) to explore the attention flow of one image.
 
-:class:`Session` is the app without the web: one model loaded once and shared, a lock so that
+``Session`` is the app without the web: one model loaded once and shared, a lock so that
 concurrent requests never run it at once, and the pictures for every control (block, accumulated
-or per-block maps, colormap, opacity, a baseline beside DAAM). :func:`build_app` puts Gradio
+or per-block maps, colormap, opacity, a baseline beside DAAM). ``build_app`` puts Gradio
 around it; Gradio and its dependencies are the ``app`` extra.
 """
 

@@ -14,7 +14,7 @@ def quantus_explain_func(model: nn.Module, inputs, targets, device=None, **daam_
     """A Quantus ``explain_func``: DAAM's final maps at input resolution, ``(B, 1, H, W)`` float32.
 
     ``quantus.SomeMetric(...)(model=model, x_batch=x, y_batch=y, explain_func=quantus_explain_func,
-    explain_func_kwargs={...})``; ``daam_options`` go to :class:`~vitflow.DAAM` (e.g. ``rho``).
+    explain_func_kwargs={...})``; ``daam_options`` go to ``DAAM`` (e.g. ``rho``).
     """
     parameter = next(model.parameters())
     x = torch.as_tensor(np.asarray(inputs), dtype=parameter.dtype, device=device or parameter.device)

@@ -1,5 +1,5 @@
 """Registries filled where things are defined (as timm's ``@register_model``): explanation
-methods (:mod:`vitflow.methods`) and metrics (:mod:`vitflow.metrics`). ``evaluate``, the
+methods (``vitflow.methods``) and metrics (``vitflow.metrics``). ``evaluate``, the
 command line's choices and the README's tables read them; nothing keeps a parallel list."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ METRICS = Registry("metric")
 
 def register_method(name: str, *, pattern: bool = False, **info: Any) -> Callable:
     """Register an explanation method ``fn(inputs: MethodInputs[, *groups]) -> (B, h, w)`` maps
-    (see :class:`vitflow.methods.inputs.MethodInputs`). ``info``: ``input_grad=True`` when it
+    (see ``vitflow.methods.inputs.MethodInputs``). ``info``: ``input_grad=True`` when it
     reads ``inputs.trace.input_grad``; ``full_attention=True`` when it propagates token-to-token
     attention through every block (not defined for class-attention models such as CaiT);
     ``flow=True`` when it returns its attention flow ``(B, L, h, w)`` instead, the map after every

@@ -1,6 +1,6 @@
 """Per-family knowledge of where q, k, v, the [class] attention output and the prefix tokens live.
 
-One module per family behind :class:`~vitflow.adapters.base.Adapter`; :func:`resolve_adapter`
+One module per family behind ``Adapter``; ``resolve_adapter``
 picks the first registered adapter that recognises a model.
 """
 
@@ -81,7 +81,7 @@ def resolve_adapter(
     grid: GridSpec | None = None,
 ) -> Adapter:
     """The adapter for ``model``: the one given, else the first registered one that matches.
-    Compiled and data-parallel wrappers are looked through (:func:`unwrap_model`)."""
+    Compiled and data-parallel wrappers are looked through (``unwrap_model``)."""
     model = unwrap_model(model)
     if adapter is None:
         reason = hierarchical_reason(model)

@@ -1,7 +1,7 @@
 """The common interface every model family implements, and the per-block record hooks fill.
 
 An adapter knows *where* a family keeps the tensors DAAM needs; it does no method math. For each
-attention block it installs hooks that hand the block's :class:`BlockRecord` four things:
+attention block it installs hooks that hand the block's ``BlockRecord`` four things:
 
 - the [class] token's query ``(B, H, d)`` and all keys ``(B, H, N, d)`` (after q/k norm, rotation),
 - the values ``(B, H, N, d)``,
@@ -136,7 +136,7 @@ class BlockRecord:
 
 
 class AttentionSite(ABC):
-    """One attention block of a model: installs the hooks that fill its :class:`BlockRecord`."""
+    """One attention block of a model: installs the hooks that fill its ``BlockRecord``."""
 
     module: nn.Module
 
@@ -243,7 +243,7 @@ class Adapter(ABC):
     #: other names of the family on the command line (``--model hf:...``)
     aliases: tuple[str, ...] = ()
     #: the top-level package of the library whose models it reads (``"timm"``); its hierarchical
-    #: models are refused by name (:func:`vitflow.adapters.hierarchical_reason`)
+    #: models are refused by name (``vitflow.adapters.hierarchical_reason``)
     library: str = ""
 
     def __init__(self, model: nn.Module) -> None:
@@ -251,7 +251,7 @@ class Adapter(ABC):
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        """Whether this adapter recognises ``model`` (used by :func:`resolve_adapter`)."""
+        """Whether this adapter recognises ``model`` (used by ``resolve_adapter``)."""
         return False
 
     def validate(self) -> None:
@@ -291,7 +291,7 @@ class Adapter(ABC):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` logits (or features of a headless backbone) for ``x``: how every part of the
-        package outside :class:`~vitflow.explainer.capture.Capture` runs the model (metrics, evaluation,
+        package outside ``Capture`` runs the model (metrics, evaluation,
         memory banks)."""
         return self.logits(self.model(x))
 

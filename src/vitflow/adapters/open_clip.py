@@ -1,7 +1,7 @@
 """open_clip's ``VisionTransformer`` tower (``model.visual`` of a ViT CLIP model), whose output is
-the image embedding: explain it with a :class:`~vitflow.targets.SimilarityTarget` (image-text
+the image embedding: explain it with a ``SimilarityTarget`` (image-text
 similarity) or another feature target, or wrap it with text embeddings in a
-:class:`TextClassifier` (zero-shot classification: one logit per text, class targets as for any
+``TextClassifier`` (zero-shot classification: one logit per text, class targets as for any
 classifier)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vitflow.adapters.mha import MultiheadAttentionSite
 class TextClassifier(nn.Module):
     """CLIP zero-shot classification: ``logits = logit_scale * cos(visual(x), text_t)`` for each of
     ``T`` text embeddings; explaining logit ``t`` explains the image-text similarity to text ``t``
-    (the same maps as :class:`~vitflow.targets.SimilarityTarget`, scaled by ``logit_scale``).
+    (the same maps as ``SimilarityTarget``, scaled by ``logit_scale``).
 
     Args:
         visual: the vision tower (``model.visual``).

@@ -10,7 +10,7 @@ input of ``proj`` for every standard model. ``fused_attn`` is never touched.
 BEiT (relative position bias added to the attention logits, q/v biases applied with
 ``F.linear``), EVA / EVA02 / DINOv3 (rotary embedding of q and k, optional grouped keys), and
 timm's relative-position ViTs form q, k or the attention bias inside their forward, out of reach
-of hooks on submodules. :class:`TimmRecomputeSite` reads the module's input and forms the [class]
+of hooks on submodules. ``TimmRecomputeSite`` reads the module's input and forms the [class]
 row itself with the module's own parameters, position bias and rotation (O(N*C^2) extra work per
 block for k and v; the N x N matrix is still never formed); the run-time decomposition check
 compares its row and values with the module's own output.

@@ -1,7 +1,7 @@
 """``vitflow`` command line: parses arguments, calls the library, reports. No method logic here.
 
 One module per command, each with ``add_parser(commands)`` (its options; the parser's defaults
-name its handler) and ``run(args) -> int``. :data:`COMMANDS` lists them in ``--help`` order;
+name its handler) and ``run(args) -> int``. ``COMMANDS`` lists them in ``--help`` order;
 the docs pages are generated from the parsers (``scripts/make_docs.py``).
 """
 

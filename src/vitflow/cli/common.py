@@ -354,7 +354,7 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
 
 
 def command_errors() -> tuple[type[BaseException], ...]:
-    """What a command answers in one line (:func:`refuse`): a lost or failed rank, bad input."""
+    """What a command answers in one line (``refuse``): a lost or failed rank, bad input."""
     from vitflow.runs.distributed import RankFailure
 
     return (RankFailure, *usage_errors())

@@ -28,7 +28,7 @@ WIDTH = 100
 
 
 def _table() -> None:
-    """The supported-model table, drawn by rich within :data:`WIDTH` columns (cells wrap)."""
+    """The supported-model table, drawn by rich within ``WIDTH`` columns (cells wrap)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -45,7 +45,7 @@ def _table() -> None:
 
 
 def _row(family: str, name: str, cls: str, status: str, width: int) -> str:
-    """One pattern-listing row within :data:`WIDTH` columns: a long verdict wraps under itself."""
+    """One pattern-listing row within ``WIDTH`` columns: a long verdict wraps under itself."""
     import textwrap
 
     head = f"{family:<12} {name:<{width}}  {cls:<26} "

@@ -1,4 +1,4 @@
-"""The method as pure tensor math; see :mod:`vitflow.core.daam`."""
+"""The method as pure tensor math; see ``vitflow.core.daam``."""
 
 from vitflow.core.daam import (
     accumulate,

@@ -36,7 +36,7 @@ def token_contributions(attn_row: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """Split the [class] token's attention output into one additive part per token (section 1).
 
     Args:
-        attn_row: ``(B, H, N)`` from :func:`class_attention_row`.
+        attn_row: ``(B, H, N)`` from ``class_attention_row``.
         v: ``(B, H, N, d)`` values.
 
     Returns:
@@ -93,7 +93,7 @@ def token_relevance_all_blocks(
     coefficients: Sequence[torch.Tensor],
     rho: Rho = "relu",
 ) -> torch.Tensor:
-    """:func:`token_relevance` of every block at once, ``(B, L, N)``: one contraction per block (it
+    """``token_relevance`` of every block at once, ``(B, L, N)``: one contraction per block (it
     reads that block's values) and the rest as single operations over the stacked blocks, so a
     call costs a few kernels instead of a few per block (what a short GPU step cannot hide).
 
@@ -112,7 +112,7 @@ def token_relevance_all_blocks(
 
 
 def class_token_outputs(attn_rows: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> torch.Tensor:
-    """:func:`class_token_output` of every block, stacked: ``(L, B, C)``."""
+    """``class_token_output`` of every block, stacked: ``(L, B, C)``."""
     return torch.stack([class_token_output(a, v.to(a.dtype)) for a, v in zip(attn_rows, values, strict=True)])
 
 

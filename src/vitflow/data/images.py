@@ -3,7 +3,7 @@
 Every image Pillow can open becomes an RGB image the model can take: EXIF orientation applied,
 transparency composited on white, 16-bit and float samples scaled to 8 bits, palette, CMYK and
 grayscale converted, the first frame of an animation. What was done is reported as notes.
-Files Pillow cannot read raise :class:`ImageLoadError` naming the file; so do images with more
+Files Pillow cannot read raise ``ImageLoadError`` naming the file; so do images with more
 pixels than ``max_pixels`` (a decompression-bomb guard, with the pixel count and how to allow
 them).
 """
@@ -119,7 +119,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> 
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
-    """The file at ``path`` as an RGB PIL image (see :func:`read_image`, which also gives notes)."""
+    """The file at ``path`` as an RGB PIL image (see ``read_image``, which also gives notes)."""
     return read_image(path, max_pixels).image
 
 

@@ -26,7 +26,7 @@ class Item:
 
 
 def load_mask(source: np.ndarray | Path | None) -> np.ndarray | None:
-    """An :class:`Item`'s mask as an ``(H, W)`` bool array."""
+    """An ``Item``'s mask as an ``(H, W)`` bool array."""
     if source is None or isinstance(source, np.ndarray):
         return source
     source = Path(source)

@@ -1,7 +1,7 @@
 """Reading and preprocessing images in ``torch.utils.data.DataLoader`` worker processes.
 
 A run fixes its batches up front (lists of item indices, see
-:func:`vitflow.runs.distributed.chunk_batches`); :func:`batches` yields them in that order, decoded by
+``vitflow.runs.distributed.chunk_batches``); ``batches`` yields them in that order, decoded by
 ``workers`` processes ahead of the model (``prefetch_factor`` batches each: a bounded queue, so
 memory stays flat on long runs). An image that cannot be read travels as an error line instead of
 a tensor, so a broken file never stops a batch.

@@ -287,7 +287,7 @@ def write_scenes(out: str | os.PathLike, n: int, seed: int = 0, size: int = 224,
 def write_scene_folder(
     out: str | os.PathLike, scenes: Iterable[Scene], n: int, classes: list[str], meta: dict
 ) -> dict:
-    """Write ``n`` scenes from ``scenes`` in the layout of :func:`write_scenes` (which
+    """Write ``n`` scenes from ``scenes`` in the layout of ``write_scenes`` (which
     ``vitflow evaluate --data`` reads), with ``classes`` naming the labels and ``meta`` recorded in
     the manifest; any scene source (synthetic or photographs with pasted objects) can use it."""
     from vitflow.atomic import write_json_atomic

@@ -1,5 +1,5 @@
-"""DAAM on a model: :class:`~vitflow.explainer.daam.DAAM`, the one gateway to the model
-(:class:`~vitflow.explainer.capture.Capture`) and the typed result."""
+"""DAAM on a model: ``DAAM``, the one gateway to the model
+(``Capture``) and the typed result."""
 
 from vitflow.explainer.capture import Capture
 from vitflow.explainer.daam import DAAM, DecompositionError, explain

@@ -1,12 +1,12 @@
 """The one gateway to the model: every method that needs a forward and a backward pass goes
-through :class:`Capture`.
+through ``Capture``.
 
 A ``Capture`` owns what such a pass needs and must undo: the adapter's hooks (installed once,
-removed on :meth:`Capture.close`), parameters frozen during the pass and restored after it, the
+removed on ``Capture.close``), parameters frozen during the pass and restored after it, the
 per-block records (activated for the pass, cleared after it), the inference-mode guard, the
-logits read through :meth:`Adapter.logits`, the target's score, the decomposition check and the
-backward pass. DAAM (:mod:`vitflow.explainer.daam`) and the attention trace
-(:mod:`vitflow.methods.trace`) are thin users of it.
+logits read through ``Adapter.logits``, the target's score, the decomposition check and the
+backward pass. DAAM (``vitflow.explainer.daam``) and the attention trace
+(``vitflow.methods.trace``) are thin users of it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class DecompositionError(RuntimeError):
 
 @dataclass(frozen=True)
 class Pass:
-    """What one forward + backward pass through a :class:`Capture` gives, besides the records.
+    """What one forward + backward pass through a ``Capture`` gives, besides the records.
 
     ``logits`` ``(B, K)`` (attached to the graph; detach before keeping); ``scored`` the target's
     scores and labels; ``target`` the target object that scored them; ``input_grad``
@@ -61,9 +61,7 @@ class Pass:
 
 
 class Capture:
-    """Hooks on a model's attention blocks, and one forward + backward pass at a time.
-
-    ::
+    """Hooks on a model's attention blocks, and one forward + backward pass at a time:
 
         with Capture(model) as capture, capture.run(x, target) as p:
             capture.records     # one filled BlockRecord per attention block
@@ -72,8 +70,8 @@ class Capture:
     Args:
         model: a supported ViT; ``torch.compile``, ``nn.DataParallel`` and
             ``DistributedDataParallel`` wrappers are unwrapped (the same function, one device).
-        adapter, prefix_tokens, grid: as for :class:`~vitflow.DAAM`.
-        record_type: the :class:`BlockRecord` subclass the hooks fill (the attention trace keeps
+        adapter, prefix_tokens, grid: as for ``DAAM``.
+        record_type: the ``BlockRecord`` subclass the hooks fill (the attention trace keeps
             all queries and keys).
     """
 
@@ -129,8 +127,8 @@ class Capture:
 
         Args:
             x: ``(B, C, H, W)`` preprocessed images on the model's device.
-            target: as for :class:`~vitflow.DAAM` (``None``, an int, one class per image, or a
-                :class:`~vitflow.targets.Target`).
+            target: as for ``DAAM`` (``None``, an int, one class per image, or a
+                ``Target``).
             input_grad: also compute ``dY/dx`` (the backward pass then reaches the input).
         """
         if self.closed:

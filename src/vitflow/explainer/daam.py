@@ -1,10 +1,10 @@
 """``DAAM``: hooks a model, runs one forward and one backward pass per batch, returns the maps.
 
-Data flow, through :class:`~vitflow.explainer.capture.Capture` (the one gateway to the model): the
-adapter's hooks fill one :class:`~vitflow.adapters.base.BlockRecord` per block during the forward
+Data flow, through ``Capture`` (the one gateway to the model): the
+adapter's hooks fill one ``BlockRecord`` per block during the forward
 pass (the [class] attention row, the values, the attention output); a target
 scores the output; one backward pass, with parameters frozen, leaves ``dY/dT_b`` in every record;
-:mod:`vitflow.core.daam` turns the records into maps.
+``vitflow.core.daam`` turns the records into maps.
 """
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ __all__ = ["DAAM", "DecompositionError", "explain"]
 class DAAM:
     """Dynamic Accumulated Attention Maps for a Vision Transformer.
 
-    Construct once, call on batches, leave with ``with`` or :meth:`close`; the model is left
-    exactly as it was (hooks removed, parameters' ``requires_grad`` restored, nothing written)::
+    Construct once, call on batches, leave with ``with`` or ``close``; the model is left
+    exactly as it was (hooks removed, parameters' ``requires_grad`` restored, nothing written):
 
         with DAAM(model) as daam:
             r = daam(x, target=None)    # x: (B, 3, H, W) preprocessed
         r.maps                          # (B, L, h, w) attention flow
 
     Args:
-        model: a supported ViT (see :mod:`vitflow.adapters`), normally in ``eval()`` mode.
+        model: a supported ViT (see ``vitflow.adapters``), normally in ``eval()`` mode.
         rho: coefficient transform, ``"relu"`` or ``"identity"``; ``None`` uses the target's
             default (ReLU for classes, as in the published supervised code).
         normalize_blocks: min-max normalise each block map per image before accumulating.
         start_block: accumulate from this block on (1-based; default 1, the method as published).
         prefix_tokens: override the number of tokens before the patch grid.
         grid: override the patch grid: ``(h, w)`` or a function of the input ``(H, W)``.
-        adapter: an :class:`~vitflow.adapters.base.Adapter` (class or instance) for models the
+        adapter: an ``Adapter`` (class or instance) for models the
             registry does not recognise.
         class_names: the model's class names, for ``target="tabby"`` (default: the model's own,
             from timm's ImageNet information or ``config.id2label``).
@@ -92,11 +92,11 @@ class DAAM:
             x: ``(B, 3, H, W)`` preprocessed images on the model's device.
             target: ``None`` (predicted class), an int or a class name (same class for all), a
                 sequence or 1-D tensor of ``B`` classes (indices or names), or a
-                :class:`~vitflow.targets.Target` object such as :class:`~vitflow.targets.KNNTarget`
+                ``Target`` object such as ``KNNTarget``
                 for backbones without a classifier.
 
         Returns:
-            :class:`~vitflow.explainer.result.DAAMResult` with tensors on the model's device.
+            ``DAAMResult`` with tensors on the model's device.
         """
         if self.closed:
             raise RuntimeError("this DAAM is closed; create a new one (DAAM(model)) to explain more images")
@@ -104,7 +104,7 @@ class DAAM:
             return self._result(x, p.logits, p.scored, self.rho or p.target.rho)
 
     def _by_index(self, target: object) -> object:
-        """Class names in ``target`` as the indices they name (:func:`~vitflow.targets.names.class_index`)."""
+        """Class names in ``target`` as the indices they name (``class_index``)."""
         named = isinstance(target, str) or (
             isinstance(target, list | tuple) and any(isinstance(t, str) for t in target)
         )
@@ -158,7 +158,7 @@ class DAAM:
 def explain(model: nn.Module, x: torch.Tensor, target: object = None, **options) -> DAAMResult:
     """One call: hook ``model``, explain the batch ``x``, restore the model.
 
-    ``options`` are :class:`DAAM`'s keyword arguments. For many batches, keep one ``DAAM`` open
+    ``options`` are ``DAAM``'s keyword arguments. For many batches, keep one ``DAAM`` open
     instead (hooks are installed once).
     """
     with DAAM(model, **options) as daam:

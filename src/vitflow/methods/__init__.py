@@ -1,5 +1,5 @@
 """Explanation methods for ViTs besides DAAM itself, and DAAM's variants, for comparison; each
-method is registered where it is defined (:data:`vitflow.registry.METHODS`)."""
+method is registered where it is defined (``vitflow.registry.METHODS``)."""
 
 # importing these registers the DAAM variants and the mixing-aware variants
 from vitflow.methods import daam, mixing  # noqa: F401

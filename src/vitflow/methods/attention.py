@@ -1,4 +1,4 @@
-"""Baseline explanations of ViTs, batched, from one :class:`AttentionTrace` where they need
+"""Baseline explanations of ViTs, batched, from one ``AttentionTrace`` where they need
 attention: raw attention, attention rollout, attention Grad-CAM, Chefer et al.'s generic
 attention explainability, Grad-CAM on the last block's patch tokens, input x gradient.
 
@@ -94,7 +94,7 @@ def gradcam_tokens(
     """Grad-CAM on a layer's patch tokens, as pytorch-grad-cam does for ViTs: channel weights are
     the spatial mean of the gradient, ``ReLU(sum_c w_c A_c)``. ``layer`` defaults to the
     adapter's Grad-CAM layer (``blocks[-1].norm1`` in timm); ``target`` as for
-    :class:`~vitflow.DAAM`. Returns ``(B, h, w)``."""
+    ``DAAM``. Returns ``(B, h, w)``."""
     store: dict[str, torch.Tensor] = {}
 
     def keep(_module, _args, out):

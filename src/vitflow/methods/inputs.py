@@ -16,7 +16,7 @@ from vitflow.methods.trace import AttentionTrace, trace_attention
 
 class MethodInputs:
     """``x`` ``(B, C, H, W)`` preprocessed images, ``target`` ``(B,)`` classes (or any target
-    :class:`~vitflow.DAAM` takes), the model's ``adapter``; ``input_grad``: the trace also keeps
+    ``DAAM`` takes), the model's ``adapter``; ``input_grad``: the trace also keeps
     ``dY/dx``."""
 
     def __init__(self, adapter: Adapter, x: torch.Tensor, target: object, input_grad: bool = False) -> None:

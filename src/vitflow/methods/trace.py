@@ -20,7 +20,7 @@ from vitflow.explainer.capture import Capture
 
 @dataclass
 class FullBlockRecord(BlockRecord):
-    """A :class:`BlockRecord` that keeps all queries and keys and the whole output gradient."""
+    """A ``BlockRecord`` that keeps all queries and keys and the whole output gradient."""
 
     q: torch.Tensor | None = None
     k: torch.Tensor | None = None
@@ -72,8 +72,8 @@ def trace_attention(
     input_grad: bool = False,
 ) -> AttentionTrace:
     """Run ``model`` on ``x`` once forward and once backward (through
-    :class:`~vitflow.explainer.capture.Capture`, with its decomposition check) and return every block's
-    attention and attention gradient for the explained score (targets as in :class:`~vitflow.DAAM`)."""
+    ``Capture``, with its decomposition check) and return every block's
+    attention and attention gradient for the explained score (targets as in ``DAAM``)."""
     with Capture(model, adapter=adapter, record_type=FullBlockRecord) as capture:
         with capture.run(x, target, input_grad=input_grad) as p, torch.no_grad():
             attention, attention_grad = [], []

@@ -1,5 +1,5 @@
 """Evaluation of explanations; each metric is self-contained, batched, and registered where it is
-defined (:data:`vitflow.registry.METRICS`)."""
+defined (``vitflow.registry.METRICS``)."""
 
 from vitflow.metrics.context import ScoringContext
 from vitflow.metrics.faithfulness import confidence_change, deletion_insertion, perturbation_test

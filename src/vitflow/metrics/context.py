@@ -10,7 +10,7 @@ import torch
 
 @dataclass(frozen=True)
 class ScoringContext:
-    """``forward(x) -> (N, K)`` logits (the adapter's :meth:`~vitflow.adapters.Adapter.forward`);
+    """``forward(x) -> (N, K)`` logits (the adapter's ``forward``);
     ``x`` ``(B, C, H, W)`` the model's inputs; ``target`` ``(B,)`` the explained classes;
     ``masks`` ``(B, H, W)`` bool object masks at the input's geometry, or ``None``."""
 

@@ -75,7 +75,7 @@ def segmentation_scores(maps: torch.Tensor, masks: torch.Tensor, ap: bool = True
     normalised and binarised at its mean; returns ``pixel_accuracy``, ``miou`` (mean of foreground
     and background IoU) and ``ap`` (average precision of the normalised map for the foreground),
     each ``(B,)`` (``ap=False`` skips the average precision, the costly part). Per image on
-    purpose; :mod:`vitflow.metrics.protocol` has their code's dataset-summed version."""
+    purpose; ``vitflow.metrics.protocol`` has their code's dataset-summed version."""
     big, truth = _prepare(maps, masks)
     unit = minmax(big)
     predicted = unit > unit.mean(dim=1, keepdim=True)

@@ -1,8 +1,8 @@
 """Chefer et al.'s evaluation numbers (CVPR 2021) exactly as their published code computes them,
-per batch, for ``vitflow evaluate --protocol chefer`` (:mod:`vitflow.runs.protocol`).
+per batch, for ``vitflow evaluate --protocol chefer`` (``vitflow.runs.protocol``).
 
 They differ from vitflow's registered metrics on purpose: vitflow's ``miou`` / ``ap`` /
-``perturbation_*`` (:mod:`vitflow.metrics.localization`, :mod:`vitflow.metrics.faithfulness`)
+``perturbation_*`` (``vitflow.metrics.localization``, ``vitflow.metrics.faithfulness``)
 score each image on its own, in the model's own preprocessing; these sum pixel counts over the
 dataset, score the background channel too and integrate accuracy without dividing by the range,
 so their numbers sit beside the paper's tables. The average precision is the one both use.

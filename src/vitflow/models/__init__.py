@@ -1,6 +1,6 @@
 """A model by name: one file per family (loader, catalogue rows, small test build, name listing)
-registered with :func:`register_family`; checkpoints; the bundled demo model
-(:mod:`vitflow.models.demo`, needs timm)."""
+registered with ``register_family``; checkpoints; the bundled demo model
+(``vitflow.models.demo``, needs timm)."""
 
 # importing the families registers them, in the order the catalogue lists them
 # isort: off

@@ -1,9 +1,9 @@
 """Which architectures vitflow explains, by family and class (``vitflow models``).
 
-The rows are the families' own (:class:`~vitflow.models.family.Family`, one file each): the
-README's supported-model table is :func:`markdown` of them (a test compares them), and a test
+The rows are the families' own (``Family``, one file each): the
+README's supported-model table is ``markdown`` of them (a test compares them), and a test
 builds every row's small configuration (``pretrained=False``) and checks that DAAM runs on a
-supported row and refuses a refused one with the row's reason. :func:`verdict` answers for a
+supported row and refuses a refused one with the row's reason. ``verdict`` answers for a
 model instance.
 """
 

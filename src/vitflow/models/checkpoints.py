@@ -95,7 +95,7 @@ HUB_TIMEOUT_S = 4.0
 def check_hub(spec: str, repo_id: str | None, files: tuple[str, ...], hint: str) -> None:
     """Fail at once, in one line, when ``spec``'s weights would come from the Hugging Face hub
     (``repo_id``) and none of ``files`` is in the local cache while the hub is switched off
-    (``HF_HUB_OFFLINE``) or does not answer within :data:`HUB_TIMEOUT_S` (``HF_ENDPOINT`` and
+    (``HF_HUB_OFFLINE``) or does not answer within ``HUB_TIMEOUT_S`` (``HF_ENDPOINT`` and
     proxies honoured): the libraries' own retries take a minute before they give up. A hub that
     answers, even with an error, is left to the library to report."""
     if repo_id is None:

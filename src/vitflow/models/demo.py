@@ -1,5 +1,5 @@
 """The bundled demo ViT: a timm ``VisionTransformer`` trained from scratch on
-:mod:`vitflow.data.scenes`, so that vitflow runs offline with a model whose decisions are real.
+``vitflow.data.scenes``, so that vitflow runs offline with a model whose decisions are real.
 
 Trained by ``scripts/train_demo_model.py``; the weights and the model card ship in
 ``vitflow/assets``.
@@ -109,7 +109,7 @@ def load_demo_backbone() -> tuple[nn.Module, Preprocessing]:
 
 
 def load_demo_bank():
-    """The shipped :class:`~vitflow.targets.MemoryBank` for :func:`load_demo_backbone`, so the
+    """The shipped ``MemoryBank`` for ``load_demo_backbone``, so the
     self-supervised (k-NN) mode runs offline too."""
     from vitflow.targets import MemoryBank
 

@@ -1,7 +1,7 @@
 """The record of one model family: everything vitflow knows about loading and listing it.
 
 A family is one file in ``vitflow/models/`` (plus its adapter in ``vitflow/adapters/``) that
-calls :func:`register_family` with a :class:`Family`: the loader behind ``--model PREFIX:NAME``,
+calls ``register_family`` with a ``Family``: the loader behind ``--model PREFIX:NAME``,
 the catalogue rows behind ``vitflow models`` and the README table, the small random build the
 catalogue test explains, and the listing of the family's own model names. Nothing else in the
 package lists families.
@@ -64,7 +64,7 @@ class Family:
     """One model family. ``name`` is its adapter's ``family`` (the ``--model`` prefix; the
     adapter's aliases work too).
 
-    ``load(name, checkpoint, headless, texts, img_size=None)`` returns a :class:`LoadedModel`;
+    ``load(name, checkpoint, headless, texts, img_size=None)`` returns a ``LoadedModel``;
     ``architectures`` are its catalogue rows; ``build_small(row.small)`` builds a row's small
     random model; ``names(pattern)`` lists the family's model names matching a glob and
     ``verdicts(names)`` says for each whether DAAM explains it (``vitflow models PATTERN``;

@@ -1,8 +1,8 @@
 """Models by name, for the command line: ``timm:NAME`` (or plain ``NAME``), ``hf:NAME_OR_PATH``
 (``transformers:`` too), ``torchvision:NAME``, ``open_clip:NAME[/PRETRAINED]``, each with its own
 preprocessing and class names. The prefixes are the adapters' family names and aliases
-(:func:`vitflow.adapters.family_names`) of the registered families
-(:mod:`vitflow.models.family`). Hub downloads happen only in the families' loaders; offline they
+(``vitflow.adapters.family_names``) of the registered families
+(``vitflow.models.family``). Hub downloads happen only in the families' loaders; offline they
 fail with one line that says what to do."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def load_model(
         checkpoint: weights to load instead of downloading (timm, torchvision, open_clip).
         headless: drop the classifier (for memory-bank features).
         texts: prompts for an open_clip model: it becomes a zero-shot
-            :class:`~vitflow.adapters.TextClassifier` with one class per text.
+            ``TextClassifier`` with one class per text.
         img_size: the input size for timm and torchvision models (default: read from the
             checkpoint's position embedding, else the architecture's own).
     """

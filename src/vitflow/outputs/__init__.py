@@ -1,2 +1,2 @@
 """What a run writes: one bundle of pictures and a manifest per image, and the maps in shards
-that load back (:func:`vitflow.outputs.maps.load_maps`)."""
+that load back (``vitflow.outputs.maps.load_maps``)."""

@@ -2,9 +2,9 @@
 
 By default what a person looks at, made to encode fast: ``final.jpg`` (the explanation on the
 photo, labelled) and ``viewer.html`` (the attention flow, drawn by the browser from the maps and one
-copy of the photo: :func:`~vitflow.render.viewer_html`), with ``manifest.json``; the maps themselves
-go to the run's map shards (:mod:`vitflow.outputs.maps`). On request: ``flow.gif`` (at most
-:data:`GIF_SIZE` pixels on its long side, one palette for all its frames; it costs three times the
+copy of the photo: ``viewer_html``), with ``manifest.json``; the maps themselves
+go to the run's map shards (``vitflow.outputs.maps``). On request: ``flow.gif`` (at most
+``GIF_SIZE`` pixels on its long side, one palette for all its frames; it costs three times the
 rest of the bundle), ``input.png`` and every block's overlay (``blocks``), MP4, figures.
 
 Every file is written atomically; ``manifest.json`` is written last, so its presence means the
@@ -54,7 +54,7 @@ class RenderOptions:
     display_size: int | None = None
     #: also write ``input.png`` (the crop the model saw) and every block's overlay ``block_NN.png``
     blocks: bool = False
-    #: long side of the GIF's frames (default: the display size, at most :data:`GIF_SIZE`)
+    #: long side of the GIF's frames (default: the display size, at most ``GIF_SIZE``)
     gif_size: int | None = None
 
 
@@ -149,7 +149,7 @@ def write_bundle(
     box: Box | None = None,
 ) -> dict:
     """Write one image's explanation into ``out_dir``; returns the manifest. The folder appears
-    whole or not at all (:func:`~vitflow.atomic.atomic_dir`): filled beside it, then renamed.
+    whole or not at all (``atomic_dir``): filled beside it, then renamed.
 
     Args:
         out_dir: folder for this image (created; an older one is replaced).
@@ -157,7 +157,7 @@ def write_bundle(
         result: that image's result, ``result[i]`` of a batch.
         metadata: extra manifest fields (model, source image, preprocessing, ...).
         original: the photo the input was made from; with ``box`` (where the model's crop lies
-            in it, :func:`~vitflow.render.placement.crop_box`) and ``options.on == "original"``,
+            in it, ``crop_box``) and ``options.on == "original"``,
             overlays, GIF, MP4, figure and viewer are drawn on it. Otherwise on the crop.
     """
     out_dir = Path(out_dir)

@@ -1,5 +1,5 @@
 """Raw DAAM maps on disk: safetensors shards written by ``vitflow explain --save-maps``, and
-:func:`load_maps` to read them back without re-running the model.
+``load_maps`` to read them back without re-running the model.
 
 One shard per chunk of a run (``OUT/maps/chunk_NNNNNN.safetensors``), written atomically by the
 rank that computed it. Tensors: ``maps`` and ``block_maps`` ``(B, L, h, w)``, ``relevance``
@@ -80,9 +80,9 @@ def save_shard(
 
 
 class ShardBuffer:
-    """One chunk's results gathered batch by batch for :func:`save_shard`, each tensor field
+    """One chunk's results gathered batch by batch for ``save_shard``, each tensor field
     copied into one tensor allocated for the whole chunk (the map fields already in the shard's
-    ``dtype``, as :func:`save_shard` would convert them). Kept as many small per-batch tensors, a
+    ``dtype``, as ``save_shard`` would convert them). Kept as many small per-batch tensors, a
     chunk's results pinned the heap: resident memory rose 60-80 MB over each 512-image chunk of
     the demo ViT and fell at its end."""
 
@@ -159,9 +159,9 @@ def iter_maps(path: str | os.PathLike, device: torch.device | str = "cpu") -> It
 
 def load_maps(path: str | os.PathLike, device: torch.device | str = "cpu") -> SavedMaps:
     """Every shard of a run (an output folder of ``vitflow explain --save-maps``, its ``maps/``
-    folder, or one shard) as one :class:`SavedMaps`, rows in the run's item order.
+    folder, or one shard) as one ``SavedMaps``, rows in the run's item order.
 
-    Example::
+    For example, reading a run back:
 
         saved = vitflow.load_maps("runs/photos")
         saved.result.final[saved.row("photos/cat")]      # (h, w) the explanation of photos/cat

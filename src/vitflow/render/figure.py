@@ -42,7 +42,7 @@ def flow_figure(
 
     Args:
         image: the input as the model saw it (``(H, W, 3)`` uint8, float in [0, 1], or PIL), or a
-            :class:`~vitflow.render.placement.Display` (the original photo with the crop's box).
+            ``Display`` (the original photo with the crop's box).
         maps: ``(L, h, w)`` accumulated maps.
         block_maps: ``(L, h, w)`` per-block maps for a second row (scaled by their common maximum),
             or ``None``.

@@ -2,9 +2,9 @@
 
 One file, no server, no network. The viewer holds one copy of the photo (a JPEG data URI) and the
 raw maps (float32, base64); the browser draws every overlay on a canvas with the library's own
-arithmetic: the display normalisation of :mod:`vitflow.render.normalize`, the bilinear resize into
+arithmetic: the display normalisation of ``vitflow.render.normalize``, the bilinear resize into
 the model's crop (half-pixel centres), the colormap tables and the blend of
-:meth:`~vitflow.render.placement.Display.overlay` in float32, rounded half to even. So a viewer
+``overlay`` in float32, rounded half to even. So a viewer
 costs one JPEG to encode, and what it draws equals the library's picture of the same photo.
 Controls: a block slider, play/pause, accumulated vs per-block maps, display normalisation,
 overlay weight, colormap; the top-5 predictions and a plot of per-block map statistics beside it.
@@ -295,7 +295,7 @@ def viewer_html(
 
     Args:
         image: the input as the model saw it (``(H, W, 3)`` uint8, float in [0, 1], or PIL), or a
-            :class:`~vitflow.render.placement.Display` (the original photo with the crop's box;
+            ``Display`` (the original photo with the crop's box;
             outside it the photo is shown dimmed).
         maps: ``(L, h, w)`` accumulated maps; first shown with display normalisation ``mode``.
         block_maps: ``(L, h, w)`` per-block maps; shown on their common scale.

@@ -14,7 +14,7 @@ from vitflow.render.normalize import to_uint8
 
 def result_html(result, index: int = 0, size: int = 160, mode: str = "sigmoid") -> str:
     """HTML for a result: a summary line and image ``index``'s attention flow as an animated GIF
-    (heatmaps alone: results hold maps, not images; :func:`show` overlays them on an image)."""
+    (heatmaps alone: results hold maps, not images; ``show`` overlays them on an image)."""
     heat = to_uint8(result.maps[index], size=(size, size), mode=mode)
     frames = [label_frame(apply_colormap(h), f"block {b + 1}/{len(heat)}") for b, h in enumerate(heat)]
     gif = base64.b64encode(encode_gif(frames, duration_ms=400)).decode("ascii")
@@ -35,11 +35,11 @@ def show(
     """Plot image ``index``'s attention flow with matplotlib and return the figure.
 
     Args:
-        result: a :class:`~vitflow.explainer.result.DAAMResult`.
+        result: a ``DAAMResult``.
         image: the input the model saw (``(H, W, 3)`` uint8 or float in [0, 1], PIL, or a
             ``(3, H, W)`` tensor in [0, 1]); without it the maps are drawn on grey.
         blocks: 1-based blocks to show (default all); ``per_block`` adds the per-block maps.
-        kwargs: passed to :func:`~vitflow.render.figure.flow_figure` (``cmap``, ``title``, ...).
+        kwargs: passed to ``flow_figure`` (``cmap``, ``title``, ...).
     """
     from vitflow.render.figure import flow_figure
 

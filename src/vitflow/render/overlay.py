@@ -44,8 +44,8 @@ def overlay(
     overlay is 0.4 JET + 0.8 image).
 
     Args:
-        image: the image the model saw (see :func:`image_to_uint8` for accepted forms).
-        heatmap: ``(h, w)`` uint8 from :func:`~vitflow.render.to_uint8`; resized bilinearly to the
+        image: the image the model saw (see ``image_to_uint8`` for accepted forms).
+        heatmap: ``(h, w)`` uint8 from ``to_uint8``; resized bilinearly to the
             image when sizes differ.
         alpha: weight of the coloured heatmap.
         image_weight: weight of the image.

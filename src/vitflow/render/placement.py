@@ -1,7 +1,7 @@
 """Where the model's input came from in the original image, and the picture maps are drawn on.
 
 A model sees a crop of the photo (resized, centre-cropped, sometimes squashed); maps live on
-that crop's patch grid. To draw them on the photo at its own size, :func:`crop_box` finds the
+that crop's patch grid. To draw them on the photo at its own size, ``crop_box`` finds the
 crop's rectangle in the original by *probing the model's own transform*: it transforms an image
 whose red channel is a ramp across x and green a ramp down y, and fits the affine map from output
 pixels to input pixels. That works for every family's preprocessing (timm, Hugging Face
@@ -9,7 +9,7 @@ processors, torchvision, open_clip, your own) without knowing how it is written;
 that is not a resize-and-crop (a pad, a rotation) fails the fit and the picture falls back to
 the crop.
 
-:class:`Display` is the picture: the original scaled to the display size, and the box in its
+``Display`` is the picture: the original scaled to the display size, and the box in its
 pixels. Maps are resized into the box; outside it the photo is shown dimmed, since the model did
 not see it. The crop view is the same with the box covering the whole picture.
 """
@@ -85,7 +85,7 @@ def crop_box(
 
 
 class CropBoxes:
-    """:func:`crop_box` for one preprocessing, probed once per original size and shared by threads
+    """``crop_box`` for one preprocessing, probed once per original size and shared by threads
     (the pipeline's writers, the app's requests): probing transforms an image as large as the
     photo."""
 
@@ -105,7 +105,7 @@ class CropBoxes:
 
 def display_size(original: tuple[int, int], requested: int | None = None) -> tuple[int, int]:
     """``(H, W)`` of the picture: the long side ``requested``, else the original's long side kept
-    between :data:`DISPLAY_MIN` and :data:`DISPLAY_MAX` (small images are enlarged so labels and
+    between ``DISPLAY_MIN`` and ``DISPLAY_MAX`` (small images are enlarged so labels and
     maps stay readable; large ones reduced)."""
     height, width = original
     longest = max(height, width)
@@ -133,7 +133,7 @@ class Display:
 
     @classmethod
     def of_original(cls, original, box: Box, size: int | None = None) -> Display:
-        """The original photo at the display size (or a :class:`Shown` copy of it already made),
+        """The original photo at the display size (or a ``Shown`` copy of it already made),
         with the crop's box (original pixels) scaled."""
         shown = original if isinstance(original, Shown) else Shown.of(original, size)
         height, width = shown.original_size
@@ -220,7 +220,7 @@ class Display:
         dim: float = DIM,
     ) -> np.ndarray:
         """``alpha * cmap(heat) + image_weight * image`` where the model looked; the photo dimmed to
-        ``dim`` elsewhere. ``heat``: ``(H, W)`` uint8 from :meth:`heat`.
+        ``dim`` elsewhere. ``heat``: ``(H, W)`` uint8 from ``heat``.
 
         The same float32 arithmetic as written, arranged for speed (an overlay per frame is most of
         a bundle's cost): ``alpha * cmap`` is a 256-row table looked up once per pixel, the
@@ -261,7 +261,7 @@ class Shown:
 
 
 class ShownCopies:
-    """The ``extra`` of an explain run's :class:`~vitflow.data.loader.ImageFiles`: each photo at
+    """The ``extra`` of an explain run's ``ImageFiles``: each photo at
     its display size, made in the decoding worker (picklable), so the writers neither decode the
     file again nor resize the full photo."""
 
@@ -286,7 +286,7 @@ def original_size(image) -> tuple[int, int]:
 
 
 def as_display(image) -> Display:
-    """A :class:`Display` as given, or the picture the maps cover entirely (an image the model saw,
+    """A ``Display`` as given, or the picture the maps cover entirely (an image the model saw,
     drawn at its own size: what every renderer did before placement existed)."""
     if isinstance(image, Display):
         return image

@@ -1,3 +1,3 @@
 """Dataset-scale jobs: ``explain`` over files, ``evaluate``, Chefer et al.'s protocol, bank
 building; all resumable and shared across torchrun ranks through one chunked run
-(:class:`vitflow.runs.distributed.ChunkedRun`), with one progress line."""
+(``vitflow.runs.distributed.ChunkedRun``), with one progress line."""

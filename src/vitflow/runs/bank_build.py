@@ -1,6 +1,6 @@
 """Building a memory bank from labelled images: batched, resumable, atomic, on any number of ranks.
 
-Images are cut into chunks of whole batches (:mod:`vitflow.runs.distributed`). Each finished chunk's
+Images are cut into chunks of whole batches (``vitflow.runs.distributed``). Each finished chunk's
 features are saved under ``OUT.parts/`` by the rank that computed them, with a ``state.json`` of
 the build's settings, so an interrupted build (with any number of ranks) picks up at the missing
 chunks. When every chunk is done, rank 0 streams the chunks into the bank file, one chunk in

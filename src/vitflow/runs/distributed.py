@@ -8,7 +8,7 @@ short with 4 ranks resumes with 2. Ranks take the unfinished chunks in turn
 (``todo[rank::world_size]``) and meet after each round, so a rank that fails stops every rank
 with one message naming it and the item; rank 0 merges the chunks after the last round.
 
-Launch::
+Launch:
 
     torchrun --standalone --nproc_per_node=4 -m vitflow evaluate ...          # one machine
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d \\
@@ -136,7 +136,7 @@ def chunk_keys(plan: list[list[range]], describe_item: Callable[[int], str]) -> 
 
 
 def describer(plan: list[list[range]], noun: str, name: Callable[[int], str]) -> Callable[[int], str]:
-    """``describe(chunk)`` for :func:`run_chunks`' failure messages: the chunk, its item numbers
+    """``describe(chunk)`` for ``run_chunks``' failure messages: the chunk, its item numbers
     (1-based) and its first item's ``name``."""
 
     def describe(chunk: int) -> str:
@@ -149,7 +149,7 @@ def describer(plan: list[list[range]], noun: str, name: Callable[[int], str]) ->
 class Ledger:
     """A run's finished chunks on disk: ``folder/state.json`` (the run's settings: model,
     batching, options) and one file per finished chunk, ``chunk_NNNNNN_<key>.<suffix>``, written
-    atomically by its rank; ``key`` fingerprints the chunk's items (:func:`chunk_keys`).
+    atomically by its rank; ``key`` fingerprints the chunk's items (``chunk_keys``).
 
     A folder left by a run with other settings is an error when ``strict`` (results a user may
     want), else it is emptied (intermediate files only). A damaged file (a record that does not
@@ -264,8 +264,8 @@ def _safetensors_readable(path: Path) -> bool:
 
 @dataclass
 class ChunkedRun:
-    """A run cut into chunks of whole batches (:func:`chunk_batches`; ``batches_per_chunk``), its
-    :class:`Ledger`, the chunks still to do (``todo``, the same on every rank) and this rank's
+    """A run cut into chunks of whole batches (``chunk_batches``; ``batches_per_chunk``), its
+    ``Ledger``, the chunks still to do (``todo``, the same on every rank) and this rank's
     share of them (``mine``)."""
 
     plan: list[list[range]]
@@ -282,8 +282,8 @@ class ChunkedRun:
     ) -> ChunkedRun:  # fmt: skip
         """``count`` items in batches of ``batch_size``, about ``chunk_items`` to a chunk (rounded
         up to whole batches); ``state``: the run's settings besides the batching (a folder with
-        other settings: see :class:`Ledger`); finished chunks are files ``*suffix`` (and
-        ``outputs``: see :meth:`Ledger.todo`); damaged ones are said in ``ledger.notes``."""
+        other settings: see ``Ledger``); finished chunks are files ``*suffix`` (and
+        ``outputs``: see ``Ledger.todo``); damaged ones are said in ``ledger.notes``."""
         per_chunk = -(-chunk_items // batch_size)
         plan = chunk_batches(count, batch_size, per_chunk)
         state = {"batch_size": batch_size, "chunk_batches": per_chunk, **state}
@@ -311,7 +311,7 @@ def run_chunks(
     """Run ``work(chunk)`` for this rank's share of ``todo``, in rounds of one chunk per rank.
 
     After each round the ranks exchange how they did: a failure anywhere raises
-    :class:`RankFailure` on every rank naming the failed rank and ``describe(chunk)``, so no rank
+    ``RankFailure`` on every rank naming the failed rank and ``describe(chunk)``, so no rank
     waits forever and finished chunks stay for the rerun. ``work`` returns the items it finished;
     ``on_progress`` gets the other ranks' counts after each round (rank 0 draws the progress).
     """

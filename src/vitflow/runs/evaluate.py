@@ -3,7 +3,7 @@ batches, resumable, with DAAM's per-block curves.
 
 Data: a scenes folder (``images/<class>/*.png`` + ``boxes.json`` with mask files, as written by
 ``vitflow scenes``) or any ImageFolder tree (then only mask-free metrics run). Items are cut into
-chunks of whole batches (:mod:`vitflow.runs.distributed`); each finished chunk's per-image records are
+chunks of whole batches (``vitflow.runs.distributed``); each finished chunk's per-image records are
 written atomically to ``OUT/chunks/``, so a rerun (with any number of ranks) skips them. Rank 0
 joins them into ``OUT/records.jsonl`` in item order, then the summary.
 """
@@ -32,7 +32,7 @@ from vitflow.runs.report import summarize
 
 
 class _MaskAt:
-    """The ``extra`` of an evaluation's :class:`~vitflow.data.loader.ImageFiles`: item ``i``'s
+    """The ``extra`` of an evaluation's ``ImageFiles``: item ``i``'s
     mask through its image's preprocessing, read in the decoding worker (picklable)."""
 
     def __init__(self, items: Sequence[Item], preprocess: Preprocessing) -> None:
@@ -58,7 +58,7 @@ class _Inputs:
 def _batches(
     items: Sequence[Item], plan: Sequence[Sequence[int]], preprocess: Preprocessing, device, workers: int = 0
 ):
-    """:class:`_Inputs` for each batch of ``plan`` (index lists into ``items``), in order, decoded
+    """``_Inputs`` for each batch of ``plan`` (index lists into ``items``), in order, decoded
     by ``workers`` ``DataLoader`` processes."""
     device = torch.device(device)
     files = ImageFiles([item.path for item in items], preprocess, extra=_MaskAt(items, preprocess))
@@ -99,13 +99,13 @@ def evaluate(
     """Run every method and metric over ``items``; write per-image records to ``out/records.jsonl``
     and return the summary (also written as results.*).
 
-    Methods and metrics are names in :data:`~vitflow.registry.METHODS` / ``METRICS`` (default:
+    Methods and metrics are names in ``METHODS`` / ``METRICS`` (default:
     all; per-block: those registered with ``per_block=True``). Images that cannot be read are
     reported through ``on_error`` (one line each), left out, and counted in ``summary["failed"]``.
     Items go in batches of ``batch_size``, ``chunk_items`` to a resumable chunk (rounded up to
     whole batches); under ``torchrun`` each rank (``group``) takes its share of the chunks and the
     records are those of one process. ``workers``: ``DataLoader`` processes decoding images.
-    ``saved``: maps saved by ``vitflow explain --save-maps`` (:func:`vitflow.load_maps`), scored
+    ``saved``: maps saved by ``vitflow explain --save-maps`` (``vitflow.load_maps``), scored
     as one more method, ``saved``, without running the model for them: each item gets the saved
     final map of its image (for the class it was made for). ``per_block_methods``: the methods
     whose map after every block is scored by ``per_block_metrics`` (default: those of ``metrics``

@@ -5,8 +5,8 @@ and each image's bundle is written atomically into its own folder by a pool of w
 while the next batch runs through the model. An image that cannot be read or written is reported
 in one line and the run goes on. The batches are grouped in chunks: a finished chunk is recorded
 in ``OUT/.vitflow/``, so a rerun resumes, and under ``torchrun`` each rank takes its share of the
-chunks (:mod:`vitflow.runs.distributed`). The raw maps of each chunk are kept as a safetensors shard
-(``OUT/maps/``, read back with :func:`vitflow.load_maps`; ``save_maps=None`` leaves them out).
+chunks (``vitflow.runs.distributed``). The raw maps of each chunk are kept as a safetensors shard
+(``OUT/maps/``, read back with ``vitflow.load_maps``; ``save_maps=None`` leaves them out).
 """
 
 from __future__ import annotations
@@ -181,10 +181,10 @@ def explain_files(
     Args:
         model: the ViT (moved to ``device``); preprocessing: its PIL -> tensor transform.
         inputs: image files and folders.
-        out: output folder; see :func:`image_jobs` for the per-image folder names.
+        out: output folder; see ``image_jobs`` for the per-image folder names.
         target: ``None`` (each image's predicted class), an int for all, a sequence with one class
-            per input image (in the order of :func:`image_jobs`), or a target object
-            (e.g. :class:`~vitflow.targets.KNNTarget`).
+            per input image (in the order of ``image_jobs``), or a target object
+            (e.g. ``KNNTarget``).
         names: class names for the manifests.
         metadata: extra manifest fields for every image (model name, checkpoint, ...).
         batch_size: images per forward pass; chunk_images: images per resumable chunk (rounded
@@ -192,11 +192,11 @@ def explain_files(
             number of ranks: the batches are fixed by these two numbers.
         workers: ``DataLoader`` processes decoding images (0: in this process).
         writers: threads encoding the bundles while the model runs (0: in this thread; default
-            :func:`~vitflow.data.loader.default_writers`).
+            ``default_writers``).
         save_maps: ``"float16"`` (default) or ``"float32"``: the precision of the raw maps, logits and targets
-            of each chunk to ``OUT/maps/chunk_NNNNNN.safetensors`` (:func:`vitflow.load_maps`).
+            of each chunk to ``OUT/maps/chunk_NNNNNN.safetensors`` (``vitflow.load_maps``).
         images: write the picture bundles (``False``: maps only).
-        group: this process's rank (:func:`vitflow.runs.distributed.init`); each rank explains its
+        group: this process's rank (``vitflow.runs.distributed.init``); each rank explains its
             share of the chunks and rank 0 writes ``OUT/index.html``.
         on_error / on_note / on_done: called with each failure line, each note line about an
             input (EXIF rotation, transparency, first frame of an animation), and each finished
@@ -205,7 +205,7 @@ def explain_files(
             ``on_done`` sees each one as it is written).
 
     Returns:
-        an :class:`ExplainReport`; nothing raises for a bad image.
+        an ``ExplainReport``; nothing raises for a bad image.
     """
     options = options or RenderOptions()
     if save_maps is not None and save_maps not in MAP_DTYPES:

@@ -8,7 +8,7 @@ from typing import Any
 
 class Progress:
     """A tqdm bar on stderr, drawn only on a terminal (logs and pipes get the report lines alone).
-    Call :meth:`clear` before printing anything else so that no line starts with the bar.
+    Call ``clear`` before printing anything else so that no line starts with the bar.
 
     ``update`` counts work done now; ``skip`` counts work found done by an earlier run. The bar
     appears when the first work is done, counting that work and the skipped work as already

@@ -84,7 +84,7 @@ class Source:
 
 
 class _Samples(Dataset):
-    """Item ``i`` as :func:`vitflow.data.loader.collate` expects; the extra is the mask resized
+    """Item ``i`` as ``vitflow.data.loader.collate`` expects; the extra is the mask resized
     with nearest neighbour to the input size (gtsegs only)."""
 
     def __init__(self, source: Source, preprocessing: Preprocessing) -> None:
@@ -138,7 +138,7 @@ def evaluate_chefer(
 ) -> dict:
     """Run the protocol for every method over ``data``; write ``OUT/records.jsonl`` (per-image
     counts and hits), ``results.json`` and ``results.md``; return the summary. Resumable by chunk
-    and shared across ``torchrun`` ranks like :func:`vitflow.runs.evaluate.evaluate`."""
+    and shared across ``torchrun`` ranks like ``vitflow.runs.evaluate.evaluate``."""
     from vitflow.adapters import model_identity, resolve_adapter
     from vitflow.methods.run import applicable_methods, check_names
 
@@ -230,7 +230,7 @@ def _score(adapter, batch, source: Source, methods: list[str], black: torch.Tens
 
 
 def _summarize(out: Path, ledger: Ledger, chunks: int, methods: list[str], total: int) -> dict | None:
-    """Join the chunks into ``records.jsonl`` (as :func:`vitflow.runs.evaluate.evaluate` does) and
+    """Join the chunks into ``records.jsonl`` (as ``vitflow.runs.evaluate.evaluate`` does) and
     aggregate as their code does."""
     joined = ledger.join_records(out / "records.jsonl")
     if joined is None:

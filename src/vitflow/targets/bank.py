@@ -151,7 +151,7 @@ class MemoryBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> MemoryBank:
-        """Read a bank written by :meth:`save` (or ``vitflow bank build``)."""
+        """Read a bank written by ``save`` (or ``vitflow bank build``)."""
         from safetensors import safe_open
 
         path = Path(path)

@@ -2,9 +2,9 @@
 
 A target is any object with ``__call__(output) -> TargetScores`` and a default coefficient
 transform ``rho``. ``DAAM`` turns the user's ``target=`` argument into one with
-:func:`~vitflow.targets.classes.as_target`, following captum's convention: ``None`` explains the
+``as_target``, following captum's convention: ``None`` explains the
 predicted class, an int broadcasts to the batch, a sequence or 1-D tensor gives one class per
-image; any object with the protocol (e.g. :class:`~vitflow.targets.knn.KNNTarget`) is used as it is.
+image; any object with the protocol (e.g. ``KNNTarget``) is used as it is.
 """
 
 from __future__ import annotations

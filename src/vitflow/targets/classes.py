@@ -106,7 +106,7 @@ def _is_index(value) -> bool:
 
 
 def as_target(target: object, num_classes: int | None, model_name: str) -> Target:
-    """Turn ``DAAM.__call__``'s ``target`` argument into a :class:`Target`."""
+    """Turn ``DAAM.__call__``'s ``target`` argument into a ``Target``."""
     if isinstance(target, Target):
         return target
     if (
