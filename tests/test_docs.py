@@ -21,12 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RAW_REST = re.compile(r":(?:meth|class|func|mod|data|attr|exc|obj|ref):|::\s*$|``", re.M)
 
 
-def test_generated_pages_are_current():
+def _script(name: str):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        import make_docs
+        return __import__(name)
     finally:
         sys.path.remove(str(ROOT / "scripts"))
+
+
+def test_generated_pages_are_current():
+    make_docs = _script("make_docs")
     for path, text in make_docs.pages().items():
         assert path.read_text() == text, f"{path.name} is stale: python scripts/make_docs.py"
     nav = (ROOT / "mkdocs.yml").read_text()
@@ -121,3 +125,29 @@ def test_one_docstring_style_in_the_source():
         for m in role.finditer(source)
     ]
     assert not found, f"reST in docstrings: {found[:5]}"
+
+
+def test_every_command_page_has_worked_examples_with_their_output():
+    make_docs, make_examples = _script("make_docs"), _script("make_examples")
+    assert sorted(make_examples.EXAMPLES) == sorted(make_docs.COMMANDS)
+    for page, examples in make_examples.EXAMPLES.items():
+        text = (ROOT / "docs" / "snippets" / "examples" / f"{page}.md").read_text()
+        assert "```bash" in text and ("```text" in text or "![" in text), page
+        for i, example in enumerate(examples):
+            stale = f"{page}: examples are stale: python scripts/make_examples.py {page}"
+            assert "\n".join(example.lines) in text, stale
+            for j, (name, _) in enumerate(example.pictures):
+                assert (ROOT / "docs" / "examples" / page / f"{i}_{j}_{Path(name).name}").is_file()
+
+
+@pytest.mark.parametrize("page", ["explain", "demo", "scenes", "evaluate", "bank-build", "bank-import",
+                                  "bank-info", "models"])  # fmt: skip
+def test_command_examples_run_as_written(page, tmp_path):
+    """Each example's lines, run in a fresh folder as a reader would, succeed and write the
+    pictures its page shows (``app`` is shown, not run: it serves until stopped; test_app.py
+    drives it)."""
+    make_examples = _script("make_examples")
+    for example in make_examples.EXAMPLES[page]:  # in order, in one folder, as the page reads
+        assert not example.not_run
+        printed = make_examples.run(example, tmp_path)
+        assert len(printed) == len(example.lines)

@@ -203,6 +203,15 @@ def test_models_command_lists_table_and_names(capsys):
     assert "hierarchical" in out and "swin_t" in out
     assert main(["models", "no_such_model_*"]) == 2
     assert "no architecture matches" in capsys.readouterr().err
+    # a --model spelling keeps to its family: torchvision's swin_t, not timm's swin_tiny_*
+    assert main(["models", "torchvision:swin_t*"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"torchvision +swin_t +SwinTransformer +no: hierarchical", out), out
+    assert "timm" not in out
+    assert main(["models", "hf:*"]) == 2
+    assert "transformers names are not listed by pattern" in capsys.readouterr().err
+    assert main(["models", "nope:*"]) == 2
+    assert "unknown model family 'nope'" in capsys.readouterr().err
 
 
 def test_backbones_from_the_command_line_read_the_class_token():

@@ -15,7 +15,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help=f"which architectures DAAM explains ({', '.join(FAMILIES)})",
         description="Without PATTERN: the supported-model table (one row per architecture class, each "
         f"tested). With PATTERN (shell-style, e.g. 'beit*' or 'vit_small_*'): every matching {listed} "
-        "name with its class and verdict; timm names are built on the meta device (no download, about "
+        "name with its class and verdict (a prefix as in --model, e.g. 'torchvision:vit_*', keeps to one "
+        "family); timm names are built on the meta device (no download, about "
         "0.1 s each).",
     )
     models.add_argument("pattern", nargs="?", metavar="PATTERN")
@@ -63,12 +64,25 @@ def run(args: argparse.Namespace) -> int:
         else:
             _table()
         return EXIT_OK
+    pattern, only = args.pattern, None
+    if ":" in pattern:  # a --model spelling: that family's names only (hf:, torchvision:vit_b_*)
+        from vitflow.models.load import ModelLoadError, split_spec
+
+        try:
+            only, pattern = split_spec(pattern)
+        except ModelLoadError as error:
+            say_error(str(error))
+            return EXIT_USAGE
     listings = [
-        (name, family, family.names(args.pattern))
+        (name, family, family.names(pattern))
         for name, family in FAMILIES.items()
-        if family.names is not None and family.verdicts is not None
+        if family.names is not None and family.verdicts is not None and only in (None, name)
     ]
     every = [model for _, _, names in listings for model in names]
+    if only is not None and not listings:
+        say_error(f"{only} names are not listed by pattern (any hub name works with --model "
+                  f"{args.pattern.partition(':')[0]}:NAME); run `vitflow models` for the supported classes")
+        return EXIT_USAGE
     if not every:
         say_error(f"no architecture matches {args.pattern!r}; run `vitflow models` for the table")
         return EXIT_USAGE
