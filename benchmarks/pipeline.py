@@ -147,6 +147,7 @@ def encoder_alone(model, preprocessing, files: list[Path], cores: int) -> list[t
                     list(pool.map(_bundle, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
                     rows.append((engine, workers, len(jobs) / (time.perf_counter() - start)))
         for label, options in (("--no-viewer (final.jpg, manifest)", RenderOptions(html=False)),
+                               ("--blend paper (not faded)", RenderOptions(blend="paper")),
                                ("--gif", RenderOptions(gif=True)), ("--blocks", RenderOptions(blocks=True))):
             start = time.perf_counter()
             for job in jobs:

@@ -1,5 +1,6 @@
 """The README's screenshot of `vitflow app`: the demo ViT on a held-out scene (test stream seed 3,
-scene 2), generic attention beside DAAM, in headless Chromium.
+scene 2) after an upload (its preview, the example thumbnails, the final map), in headless
+Chromium.
 
     python scripts/app_screenshot.py      # writes docs/app.png (needs chromium and chromedriver)
 """

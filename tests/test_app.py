@@ -75,6 +75,14 @@ def test_session_pictures_are_the_librarys(files):
     )
     with pytest.raises(AppError, match="not an image file"):
         session.explain(files / "notes.jpg")
+    # the preview is the image as vitflow reads it, reduced (never enlarged) to 256 px
+    preview = session.preview(files / "scene.png")
+    reference = Image.open(files / "scene.png").convert("RGB")
+    reference.thumbnail((256, 256), Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(preview, np.asarray(reference))
+    assert session.preview(files / "scene.png", size=512).shape == (224, 304, 3)
+    with pytest.raises(AppError, match=r"^notes\.jpg: .*not an image file"):
+        session.preview(str(files / "notes.jpg"))
 
 
 def test_concurrent_requests_do_not_run_the_model_at_once(files):
@@ -148,6 +156,13 @@ def test_app_in_headless_chromium(files, tmp_path):
         assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("1", "6")
         weight = driver.find_element(By.CSS_SELECTOR, "#opacity input[type=range]")
         assert weight.get_attribute("value") == "0.4"
+        # the examples are thumbnails (the three held-out scenes), not text chips
+        thumbs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples img") or None)
+        assert len(thumbs) == 3 and all(t.get_attribute("src") for t in thumbs)
+
+        def preview_src():
+            found = driver.find_elements(By.CSS_SELECTOR, "#preview img")
+            return found[0].get_attribute("src") if found else None
 
         def daam_src():
             found = driver.find_elements(By.CSS_SELECTOR, "#daam img")
@@ -159,6 +174,10 @@ def test_app_in_headless_chromium(files, tmp_path):
             driver.find_element(By.ID, "explain").click()
 
         explain(files / "scene.png")
+        # the upload is previewed as vitflow reads it, reduced to a long side of 256
+        wait.until(lambda d: preview_src())
+        shown = _fetch(preview_src())
+        assert shown.shape[1:] == (256, 3) and abs(shown.shape[0] - 224 * 256 / 304) <= 1  # 304 x 224
         wait.until(lambda d: daam_src())
         first = daam_src()
         np.testing.assert_array_equal(_fetch(first), _expected(files / "scene.png", 6))
@@ -185,6 +204,12 @@ def test_app_in_headless_chromium(files, tmp_path):
         assert "notes.jpg" in status and "not an image file" in status
         assert "/tmp" not in status and "gradio" not in status.lower()  # not the upload's temporary path
         assert "Traceback" not in driver.page_source
+        # a click on an example thumbnail puts that scene in the uploader and its preview
+        before = preview_src()
+        driver.find_elements(By.CSS_SELECTOR, "#examples img")[1].click()
+        wait.until(lambda d: "scene_1" in d.find_element(By.ID, "upload").text)
+        wait.until(lambda d: preview_src() and preview_src() != before)
+        assert _fetch(preview_src()).shape == (224, 224, 3)  # a 224 x 224 scene, not enlarged
     finally:
         driver.quit()
         server.send_signal(signal.SIGINT)  # Ctrl+C

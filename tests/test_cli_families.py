@@ -73,6 +73,12 @@ def test_torchvision_model_with_a_checkpoint(tmp_path, image, capsys):
     # a checkpoint of 4 classes has no names: the index is asked for
     assert main(["explain", str(image), *args[:4], "--target", "cat", "--out", str(tmp_path / "n")]) == 2
     assert "target 'cat': this model has no class names; give the class index" in capsys.readouterr().err
+    # an ImageNet-1k checkpoint has ImageNet's names (from torchvision's weights' metadata, offline)
+    save_file(torchvision.models.vit_b_32().state_dict(), tmp_path / "in1k.safetensors")
+    imagenet = ["--model", "torchvision:vit_b_32", "--checkpoint", str(tmp_path / "in1k.safetensors")]
+    assert main(["explain", str(image), *imagenet, "--target", " TABBY", "--out", str(tmp_path / "t")]) == 0
+    target = _manifest(tmp_path / "t")["target"]
+    assert (target["index"], target["name"]) == (281, "tabby")
 
 
 def test_open_clip_model_with_texts(tmp_path, image):

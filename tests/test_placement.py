@@ -96,18 +96,23 @@ def test_a_peak_on_a_known_object_lands_on_it_in_the_original():
     np.testing.assert_allclose(picture[outside], np.round(display.image[outside] * DIM), atol=1)
 
 
+@pytest.mark.parametrize("blend", ["fade", "paper"])
 @pytest.mark.parametrize("cmap, alpha, image_weight", [("jet", 0.4, 0.8), ("viridis", 0.7, 0.5)])
-def test_overlay_is_the_blend_in_the_box_and_the_dimmed_photo_outside(cmap, alpha, image_weight):
-    """Display.overlay (a table lookup) against the formula in float64, pixel by pixel."""
+def test_overlay_is_the_blend_in_the_box_and_the_dimmed_photo_outside(cmap, alpha, image_weight, blend):
+    """Display.overlay (table lookups in float32) against the formula in float64, pixel by pixel:
+    the paper's blend, or that blend faded to the photo by the heat (t = heat / 255)."""
     from vitflow.render.colormap import colormap_lut_uint8
 
     rng = np.random.default_rng(1)
     photo = rng.integers(0, 256, (61, 83, 3), dtype=np.uint8)
     heat = rng.integers(0, 256, (61, 83), dtype=np.uint8)
     display = Display(photo, Box(top=-4.2, left=10.6, height=50.0, width=60.3))
-    picture = display.overlay(heat, alpha=alpha, image_weight=image_weight, cmap=cmap).astype(int)
-    blend = alpha * colormap_lut_uint8(cmap).astype(np.float64)[heat] + image_weight * photo
-    expected = np.where(display.inside()[..., None], np.clip(blend, 0, 255), DIM * photo.astype(np.float64))
+    picture = display.overlay(heat, alpha, image_weight, cmap, blend=blend).astype(int)
+    mixed = alpha * colormap_lut_uint8(cmap).astype(np.float64)[heat] + image_weight * photo
+    if blend == "fade":
+        t = heat[..., None] / 255.0
+        mixed = t * mixed + (1 - t) * photo
+    expected = np.where(display.inside()[..., None], np.clip(mixed, 0, 255), DIM * photo.astype(np.float64))
     assert np.abs(picture - expected).max() <= 0.5 + 1e-4  # rounded; float32 arithmetic
     assert display.inside()[0, 11:71].all() and not display.inside()[:, :11].any()  # it reaches out the top
 

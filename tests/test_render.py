@@ -85,3 +85,79 @@ def test_one_map_comes_back_as_one_heatmap(mode):
         assert heat.shape == (size or one.shape)
         assert (heat == to_uint8(one[None], size=size, mode=mode)[0]).all()
     assert overlay(np.zeros((4, 6, 3), np.uint8), to_uint8(one, size=(4, 6), mode=mode)).shape == (4, 6, 3)
+
+
+def test_fade_shows_the_photo_where_the_map_is_low_and_the_published_overlay_at_its_peak():
+    """blend="fade": t * (published overlay) + (1 - t) * photo, t = heat / 255, clipped, checked
+    against float64 by hand; zero heat leaves the photo untinted (jet's dark blue no longer tints
+    it), full heat is the published overlay; Display.overlay (float32, the pictures) and overlay()
+    (float64) agree."""
+    from vitflow.render.placement import Box, Display
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    heat = rng.integers(0, 256, (6, 9), dtype=np.uint8)
+    heat[0, :3], heat[1, :3] = 0, 255
+    for cmap in ("jet", "gray"):
+        paper = overlay(photo, heat, alpha=0.4, image_weight=0.8, cmap=cmap, blend="paper")
+        colours = apply_colormap(heat, cmap).astype(np.float64)
+        by_hand = 0.4 * colours + 0.8 * photo
+        assert (paper == np.clip(np.round(by_hand), 0, 255)).all()
+        t = heat.astype(np.float64)[..., None] / 255
+        expected = np.clip(np.round(t * by_hand + (1 - t) * photo), 0, 255)
+        faded = overlay(photo, heat, alpha=0.4, image_weight=0.8, cmap=cmap)
+        assert np.abs(faded.astype(int) - expected).max() <= 1  # rounding only
+        assert (faded[0, :3] == photo[0, :3]).all() and (faded[1, :3] == paper[1, :3]).all()
+        shown = Display(photo, Box(0, 0, 6, 9)).overlay(heat, cmap=cmap)
+        assert np.abs(shown.astype(int) - faded).max() <= 1
+        assert (Display(photo, Box(0, 0, 6, 9)).overlay(heat, cmap=cmap, blend="paper") == paper).all()
+    with pytest.raises(ValueError, match="blend must be one of fade, paper"):
+        overlay(photo, heat, blend="screen")
+
+
+def _gif_frames(data: bytes) -> list[np.ndarray]:
+    import io
+
+    from PIL import Image
+
+    gif, frames = Image.open(io.BytesIO(data)), []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(np.asarray(gif.convert("RGB"), dtype=np.float64))
+    return frames
+
+
+def test_gif_gradients_do_not_band_and_still_parts_stay_still():
+    """A smooth map over a smooth photo: without dithering the 256-colour palette turns the
+    gradient into flat bands (large errors once fine detail is averaged away); error diffusion
+    keeps the averaged picture close to the frames. Pixels that are the same in every frame (the
+    photo where the map is zero, with the fade) are the same in every decoded frame: no shimmer."""
+    from PIL import Image
+    from scipy.ndimage import uniform_filter
+
+    from vitflow.render import encode_gif
+    from vitflow.render.placement import Box, Display
+
+    yy, xx = np.mgrid[0:96, 0:160].astype(np.float64)
+    photo = np.stack([60 + xx, 90 + 0.5 * yy, 120 + 0 * xx], -1).astype(np.uint8)  # a smooth photo
+    display = Display(photo, Box(0, 0, 96, 160))
+    heats = [np.clip(255 * np.exp(-(((xx - 40 - 20 * b) / 30) ** 2 + ((yy - 48) / 25) ** 2)) - 8, 0, 255)
+             for b in range(4)]  # fmt: skip
+    frames = [display.overlay(h.astype(np.uint8)) for h in heats]
+    decoded = _gif_frames(encode_gif([Image.fromarray(f) for f in frames]))
+
+    def banding(pictures):  # mean error of the 4 x 4 averaged picture
+        def smooth(a):
+            return uniform_filter(np.asarray(a, np.float64), (4, 4, 1))
+
+        return np.mean([np.abs(smooth(d) - smooth(f)).mean() for d, f in zip(pictures, frames, strict=True)])
+
+    sample = np.concatenate([f[::2, ::2] for f in frames])
+    palette = Image.fromarray(sample).quantize(256, method=Image.Quantize.FASTOCTREE)
+    plain = [np.asarray(Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE).convert("RGB"),
+                        np.float64) for f in frames]  # fmt: skip
+    assert banding(decoded) < 0.5 * banding(plain), (banding(decoded), banding(plain))
+    still = np.all([(f == frames[0]).all(-1) for f in frames], axis=0)
+    assert still.mean() > 0.2  # the photo, untouched where every map is zero
+    for d in decoded[1:]:
+        assert (d[still] == decoded[0][still]).all()

@@ -167,7 +167,8 @@ def _set(driver, element: str, value) -> None:
 def test_viewer_draws_the_librarys_pictures_in_headless_chromium(tmp_path):
     """The viewer holds the photo once and the raw maps; what Chromium draws on its canvas equals
     the library's overlay of the same photo (within 2 grey levels), for every display
-    normalisation, per-block maps, another colormap and another map weight; the controls work."""
+    normalisation, per-block maps, another colormap, another map weight and both blends; the
+    controls work."""
     from browser import chrome
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -192,7 +193,7 @@ def test_viewer_draws_the_librarys_pictures_in_headless_chromium(tmp_path):
             lambda d: d.execute_script("return document.body.dataset.ready") == "1"
         )
         frame = lambda: driver.execute_script("return document.getElementById('view').dataset.frame")  # noqa: E731
-        assert frame() == "accumulated-5-jet-0.4-sigmoid"
+        assert frame() == "accumulated-5-jet-0.4-sigmoid-fade"
         checked = 0
         for mode in ("sigmoid", "global", "minmax"):
             _set(driver, "mode", mode)
@@ -207,9 +208,13 @@ def test_viewer_draws_the_librarys_pictures_in_headless_chromium(tmp_path):
         _set(driver, "cmap", "viridis")
         _set(driver, "opacity", 0.7)
         _set(driver, "block", 2)
-        assert frame() == "block-2-viridis-0.7-minmax"
+        assert frame() == "block-2-viridis-0.7-minmax-fade"
         expected = library.overlay(library.block_heat(block_maps)[1], alpha=0.7, cmap="viridis")
         assert np.abs(_canvas(driver).astype(int) - expected).max() <= 2
+        _set(driver, "blend", "paper")  # the published overlay, not faded
+        assert frame() == "block-2-viridis-0.7-minmax-paper"
+        paper = library.overlay(library.block_heat(block_maps)[1], alpha=0.7, cmap="viridis", blend="paper")
+        assert np.abs(_canvas(driver).astype(int) - paper).max() <= 2 and (paper != expected).any()
         assert checked == 9
         driver.find_element("id", "play").click()
         WebDriverWait(driver, 10).until(lambda d: not frame().startswith("block-2-"))

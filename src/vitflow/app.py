@@ -31,13 +31,17 @@ NO_BASELINE = "none"
 
 
 #: the overlay's weights: the command line's defaults (``--alpha``, ``--image-weight``)
-ALPHA, IMAGE_WEIGHT = RenderOptions.alpha, RenderOptions.image_weight
+ALPHA, IMAGE_WEIGHT, BLEND = RenderOptions.alpha, RenderOptions.image_weight, RenderOptions.blend
 
 
 def caption(explained: Explained, block: int, kind: str) -> str:
     """What a picture shows: which map, after which block, for which class."""
     what = "the block's own map" if kind == "per block" else "accumulated map"
     return f"DAAM: {what}, block {block} of {explained.result.num_blocks}: {explained.label}"
+
+
+#: long side of the upload's preview and of the example thumbnails
+PREVIEW_SIZE = 256
 
 
 class AppError(ValueError):
@@ -96,14 +100,26 @@ class Session:
             raise AppError(f"unknown class {choice!r}; pick one from the list")
         return self.names.index(choice)
 
-    def explain(self, path: str | Path, choice: str = PREDICTED) -> Explained:
-        """Read the uploaded file (one line of error for anything that is not an image) and explain it."""
+    @staticmethod
+    def read(path: str | Path):
+        """The uploaded file as vitflow reads every image (EXIF orientation, modes, bomb guard); one
+        line of error, naming the file and not the upload's temporary path, for anything else."""
         if not path:
             raise AppError("upload an image first (or pick an example)")
         try:
-            loaded = read_image(path)
-        except ImageLoadError as error:  # named by the file's own name, not the upload's temporary path
+            return read_image(path)
+        except ImageLoadError as error:
             raise AppError(str(error).replace(str(path), Path(path).name)) from None
+
+    def preview(self, path: str | Path, size: int = PREVIEW_SIZE) -> np.ndarray:
+        """``(H, W, 3)`` uint8: the uploaded image as the model will read it, long side ``size``."""
+        image = self.read(path).image.copy()
+        image.thumbnail((size, size), Image.Resampling.BICUBIC)
+        return np.asarray(image.convert("RGB"))
+
+    def explain(self, path: str | Path, choice: str = PREDICTED) -> Explained:
+        """Read the uploaded file (one line of error for anything that is not an image) and explain it."""
+        loaded = self.read(path)
         pre = self.loaded.preprocessing
         x = pre(loaded.image)[None].to(self.device)
         with self.lock, DAAM(self.model) as daam:
@@ -149,7 +165,7 @@ class Session:
         if not 1 <= block <= len(heats):
             raise AppError(f"block must be 1..{len(heats)}")
         heat = heats[block - 1]
-        return explained.display.overlay(heat, alpha=opacity, image_weight=IMAGE_WEIGHT, cmap=cmap)
+        return explained.display.overlay(heat, opacity, IMAGE_WEIGHT, cmap, blend=BLEND)
 
     def baseline(
         self, explained: Explained, name: str, cmap: str = "jet", opacity: float = ALPHA
@@ -168,7 +184,7 @@ class Session:
                 ]
             explained.baselines[name] = explained.display.heat(maps.cpu()[0][None].float(), mode="minmax")[0]
         heat = explained.baselines[name]
-        return explained.display.overlay(heat, alpha=opacity, image_weight=IMAGE_WEIGHT, cmap=cmap)
+        return explained.display.overlay(heat, opacity, IMAGE_WEIGHT, cmap, blend=BLEND)
 
     def stats(self, explained: Explained) -> list[list]:
         """Per block: the accumulated map's maximum, the block map's maximum, the block's share of
@@ -276,6 +292,19 @@ def build_app(session: Session, examples: list[str] | None = None, title: str = 
             return None
         return str(session.bundle(explained, Path(tempfile.mkdtemp(dir=workdir))))
 
+    def preview(path):
+        if not path:
+            return None, ""
+        try:
+            return session.preview(path), ""
+        except AppError as error:
+            return None, f"**Could not read this file:** {error}"
+
+    def pick(event):
+        return (examples or [])[event.index]
+
+    pick.__annotations__ = {"event": gr.SelectData}  # Gradio passes the selection by this annotation
+
     with gr.Blocks(title=title) as app:
         gr.Markdown(
             f"# {title}: the attention flow of a Vision Transformer\nModel: `{session.loaded.label}`. "
@@ -284,9 +313,18 @@ def build_app(session: Session, examples: list[str] | None = None, title: str = 
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
+                # a file box, not an image box: every file reaches vitflow's reader, which names what
+                # is wrong with it; the preview shows the image as that reader reads it
                 upload = gr.File(label="image", file_count="single", type="filepath", elem_id="upload")
+                shown_upload = gr.Image(label="preview", type="numpy", interactive=False, elem_id="preview",
+                                        height=PREVIEW_SIZE)  # fmt: skip
+                gallery = None
                 if examples:
-                    gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="examples")
+                    gallery = gr.Gallery(
+                        [(path, Path(path).stem) for path in examples], label="examples (click one)",
+                        columns=len(examples), height="auto", allow_preview=False,
+                        elem_id="examples",
+                    )  # fmt: skip
                 choice = gr.Dropdown(
                     session.choices, value=PREDICTED, label="class to explain", elem_id="choice"
                 )
@@ -322,6 +360,9 @@ def build_app(session: Session, examples: list[str] | None = None, title: str = 
         controls: list[gr.Slider | gr.Radio | gr.Dropdown] = [block, kind, cmap, opacity, baseline]
         outputs = [state, block, shown, beside, stats, status, top5, flow]
         explain.click(run, [upload, choice, kind, cmap, opacity, baseline], outputs, concurrency_limit=1)
+        upload.change(preview, [upload], [shown_upload, status], concurrency_limit=1)
+        if gallery is not None:
+            gallery.select(pick, None, [upload])
         for control in controls:
             control.change(redraw, [state, *controls], [shown, beside], concurrency_limit=1)
         play.click(animate, [state, cmap, opacity], [flow], concurrency_limit=1)

@@ -12,6 +12,7 @@ from pathlib import Path
 from vitflow.data.images import MAX_PIXELS
 from vitflow.models import model_prefixes
 from vitflow.render import MODES
+from vitflow.render.overlay import BLENDS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_RANK_FAILED = 0, 1, 2, 3
 # "[rank N] " on ranks other than 0 of a torchrun run (torchrun sets RANK): whose line it is
@@ -79,6 +80,13 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
         "--image-weight", type=float, default=0.8, help="image weight in overlays (default 0.8)"
     )
     parser.add_argument("--cmap", default="jet", help="colormap name (default jet; others need matplotlib)")
+    parser.add_argument(
+        "--blend",
+        choices=BLENDS,
+        default="fade",
+        help="how the map meets the photo: fade (default: the overlay fades to the untinted photo where "
+        "the map is low) or paper (alpha * cmap + image weight * photo everywhere, the paper's figures)",
+    )
     parser.add_argument(
         "--rho",
         choices=("relu", "identity"),
@@ -321,7 +329,8 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
             names = bank.class_names
         options = RenderOptions(
             mode=args.mode, alpha=args.alpha, image_weight=args.image_weight, cmap=args.cmap,
-            gif_duration_ms=args.gif_duration, gif_loop=args.gif_loop, mp4=args.mp4, figure=args.figure,
+            blend=args.blend, gif_duration_ms=args.gif_duration, gif_loop=args.gif_loop, mp4=args.mp4,
+            figure=args.figure,
             figure_blocks=figure_blocks, html=not args.no_viewer, gif=args.gif, on=args.on,
             display_size=args.display_size, blocks=args.blocks, gif_size=args.gif_size,
         )  # fmt: skip

@@ -60,7 +60,7 @@ def load(name, checkpoint, headless, texts, img_size=None) -> LoadedModel:
         mean, std = tuple(transform.mean), tuple(transform.std)
         names = list(weights.meta.get("categories", [])) or None
     else:  # torchvision's ImageNet evaluation defaults
-        mean, std, names = IMAGENET_MEAN, IMAGENET_STD, None
+        mean, std, names = IMAGENET_MEAN, IMAGENET_STD, _imagenet_names(torchvision, name, model)
         size = model.image_size
         transform = transforms.Compose([
             transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(),
@@ -127,6 +127,19 @@ def build_small(spec: dict) -> nn.Module:
     return vision_transformer.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=48, mlp_dim=96, num_classes=5
     ).eval()
+
+
+def _imagenet_names(torchvision, name: str, model: nn.Module) -> list[str] | None:
+    """A checkpoint's class names when its head has ImageNet-1k's 1,000 classes: the categories
+    torchvision's own weights carry (no download: they are in the weights' metadata)."""
+    head = getattr(getattr(model, "heads", None), "head", None)
+    try:
+        categories = list(torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories", []))
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(head, nn.Linear) and categories and head.out_features == len(categories):
+        return categories
+    return None
 
 
 def names(pattern: str) -> list[str]:

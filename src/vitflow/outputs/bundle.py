@@ -39,6 +39,9 @@ class RenderOptions:
     alpha: float = 0.4
     image_weight: float = 0.8
     cmap: str = "jet"
+    #: "fade": the overlay fades to the photo where the map is low; "paper": the published overlay
+    #: everywhere (``vitflow.render.overlay.BLENDS``)
+    blend: str = "fade"
     gif_duration_ms: int = 400
     gif_loop: int = 0
     mp4: bool = False
@@ -183,7 +186,8 @@ def _write_files(
         return f"block {b + 1}/{result.num_blocks}  {label}  ({options.mode})"
 
     def picture(shown: Display, heat: np.ndarray) -> np.ndarray:
-        return shown.overlay(heat, alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap)
+        return shown.overlay(heat, alpha=options.alpha, image_weight=options.image_weight, cmap=options.cmap,
+                             blend=options.blend)  # fmt: skip
 
     files: dict[str, object] = {"final": "final.jpg"}
     # every block at the display size only when its pictures are asked for: the default draws the
@@ -224,12 +228,12 @@ def _write_files(
     if options.figure:
         title = f"{metadata.get('model', '')}: {label}"
         fig = flow_figure(display, result.maps[0], result.block_maps[0], blocks=options.figure_blocks,
-                          cmap=options.cmap, title=title)  # fmt: skip
+                          cmap=options.cmap, title=title, blend=options.blend)  # fmt: skip
         files["figure"] = [p.name for p in save_figure(fig, out_dir / "figure")]
     if options.html:
         page = viewer_html(display, result.maps[0], result.block_maps[0], title=f"{title}: {label}",
                            target=label, top5=manifest["top5"], mode=options.mode, alpha=options.alpha,
-                           image_weight=options.image_weight, cmap=options.cmap,
+                           image_weight=options.image_weight, cmap=options.cmap, blend=options.blend,
                            frame_ms=options.gif_duration_ms)  # fmt: skip
         write_bytes_atomic(out_dir / "viewer.html", page.encode(), durable=False)
         files["html"] = "viewer.html"
@@ -243,6 +247,7 @@ def _write_files(
         "alpha": options.alpha,
         "image_weight": options.image_weight,
         "cmap": options.cmap,
+        "blend": options.blend,
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest

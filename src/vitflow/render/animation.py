@@ -38,14 +38,30 @@ def encode_gif(frames: Sequence[Image.Image], duration_ms: int = 400, loop: int 
     """Animated GIF bytes; the last frame (the final explanation) is held three times as long.
 
     One 256-colour palette for every frame, made once by fast octree quantisation of every
-    frame's pixels (every other row and column), applied without dithering: the frames do not
-    flicker between palettes, and mapping onto one palette costs a third of quantising each
-    frame anew."""
+    frame's pixels (every other row and column), so the frames do not flicker between palettes.
+    Each frame is mapped onto it with Floyd-Steinberg error diffusion, so gradients do not band;
+    a pixel that is the same as in the frame before keeps that frame's palette index, so the still
+    parts of the picture (the photo where the map is low) do not shimmer as the diffused error
+    changes with the parts that move."""
     if not frames:
         raise ValueError("encode_gif needs at least one frame")
-    sample = np.concatenate([np.asarray(frame.convert("RGB"))[::2, ::2] for frame in frames])
+    rgb = [np.asarray(frame.convert("RGB")) for frame in frames]
+    sample = np.concatenate([pixels[::2, ::2] for pixels in rgb])
     palette = Image.fromarray(sample).quantize(256, method=Image.Quantize.FASTOCTREE)
-    frames = [frame.convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
+    colours = palette.getpalette() or []
+    indexed: list[Image.Image] = []
+    before: np.ndarray | None = None
+    for k, pixels in enumerate(rgb):
+        image = Image.fromarray(pixels).quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
+        if before is not None:
+            index = np.asarray(image).copy()
+            still = (pixels == rgb[k - 1]).all(-1)
+            index[still] = before[still]
+            image = Image.fromarray(index, mode="P")
+            image.putpalette(colours)
+        before = np.asarray(image)
+        indexed.append(image)
+    frames = indexed
     durations = [duration_ms] * (len(frames) - 1) + [3 * duration_ms]
     buffer = io.BytesIO()
     frames[0].save(

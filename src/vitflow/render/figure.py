@@ -37,6 +37,7 @@ def flow_figure(
     image_weight: float = 0.6,
     title: str | None = None,
     max_columns: int = 9,
+    blend: str = "fade",
 ):
     """A matplotlib figure of one image's attention flow.
 
@@ -49,6 +50,7 @@ def flow_figure(
         blocks: 1-based blocks to show (default all); panels wrap after ``max_columns``.
         mode: display normalisation of the accumulated maps; ``"global"`` (default) keeps one colour
             scale across blocks, so early blocks look dim.
+        blend: ``"fade"`` (the photo shows where the map is low) or ``"paper"``.
     """
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
@@ -74,7 +76,7 @@ def flow_figure(
         panels = [("input" if r == 0 else "", rgb)] + [
             (
                 f"{label}, block {b}" if i == 0 else f"block {b}",
-                display.overlay(frames[b - 1], alpha, image_weight, cmap),
+                display.overlay(frames[b - 1], alpha, image_weight, cmap, blend=blend),
             )
             for i, b in enumerate(chosen)
         ]

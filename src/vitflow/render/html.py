@@ -25,6 +25,7 @@ from PIL import Image
 
 from vitflow.render.colormap import colormap_lut_uint8
 from vitflow.render.normalize import MODES
+from vitflow.render.overlay import BLENDS, FADE, check_blend
 from vitflow.render.placement import DIM, as_display
 
 VIEWER_COLORMAPS = ("jet", "inferno", "viridis", "gray")
@@ -89,6 +90,7 @@ svg text { font-size: 10px; }
 <label for="opacity">map weight</label>
 <input id="opacity" type="range" min="0" max="1" step="0.05" value="__ALPHA__">
 <label for="cmap">colormap</label><select id="cmap">__CMAP_OPTIONS__</select>
+<label for="blend">blend</label><select id="blend">__BLEND_OPTIONS__</select>
 </div>
 </section>
 <section>
@@ -108,7 +110,7 @@ const controls = {
   block: document.getElementById("block"), play: document.getElementById("play"),
   perblock: document.getElementById("perblock"), mode: document.getElementById("mode"),
   opacity: document.getElementById("opacity"), cmap: document.getElementById("cmap"),
-  label: document.getElementById("label"),
+  blend: document.getElementById("blend"), label: document.getElementById("label"),
 };
 const W = DATA.width, H = DATA.height, L = DATA.blocks, h = DATA.grid[0], w = DATA.grid[1];
 const [TOP, LEFT, BOTTOM, RIGHT] = DATA.box;
@@ -203,23 +205,26 @@ function pixelsOf(uri) {
   });
 }
 
-/* Display.overlay: alpha * cmap(heat) + image_weight * photo in float32 where the model looked, */
-/* clipped and rounded; the photo dimmed elsewhere */
+/* Display.overlay in float32 where the model looked: "paper" alpha * cmap(heat) + image_weight * */
+/* photo; "fade" t * (alpha * cmap(heat)) + (1 + t * (image_weight - 1)) * photo, t = */
+/* DATA.fade[heat]; clipped and rounded; the photo dimmed elsewhere */
 function draw() {
   const b = Number(controls.block.value), mode = controls.mode.value;
   const kind = controls.perblock.checked ? "block" : "accumulated";
   const lut = DATA.luts[controls.cmap.value], a = f32(Number(controls.opacity.value));
-  const weighted = lut.map(colour => colour.map(c => f32(a * c)));
-  const wi = f32(DATA.image_weight), dim = f32(DATA.dim);
+  const wi = f32(DATA.image_weight), dim = f32(DATA.dim), fade = controls.blend.value === "fade";
+  const t = DATA.fade.map(f32);
+  const weighted = lut.map((colour, k) => colour.map(c => fade ? f32(t[k] * f32(a * c)) : f32(a * c)));
+  const weights = t.map(tk => fade ? f32(1 + f32(tk * f32(wi - 1))) : wi);
   const hm = heat(kind, mode, b - 1), out = ctx.createImageData(W, H);
   for (let y = 0; y < H; y++) {
     const inY = y >= TOP && y < BOTTOM;
     for (let x = 0; x < W; x++) {
       const p = y * W + x, i = 4 * p;
       if (inY && x >= LEFT && x < RIGHT) {
-        const colour = weighted[hm[p]];
+        const colour = weighted[hm[p]], wp = weights[hm[p]];
         for (let c = 0; c < 3; c++) {
-          out.data[i + c] = rint(Math.min(Math.max(f32(colour[c] + f32(wi * photo[i + c])), 0), 255));
+          out.data[i + c] = rint(Math.min(Math.max(f32(colour[c] + f32(wp * photo[i + c])), 0), 255));
         }
       } else {
         for (let c = 0; c < 3; c++) out.data[i + c] = rint(f32(photo[i + c] * dim));
@@ -230,7 +235,8 @@ function draw() {
   ctx.putImageData(out, 0, 0);
   const what = kind === "block" ? "block map" : `accumulated map (${mode})`;
   controls.label.textContent = `${what}, block ${b}/${L}: ${DATA.target}`;
-  view.dataset.frame = `${kind}-${b}-${controls.cmap.value}-${controls.opacity.value}-${mode}`;
+  const look = `${controls.cmap.value}-${controls.opacity.value}-${mode}-${controls.blend.value}`;
+  view.dataset.frame = `${kind}-${b}-${look}`;
   const marker = document.getElementById("marker");
   if (marker) { const x = xOf(b); marker.setAttribute("x1", x); marker.setAttribute("x2", x); }
 }
@@ -261,7 +267,8 @@ function togglePlay() {
 
 async function start() {
   photo = await pixelsOf(DATA.photo);
-  for (const el of [controls.block, controls.perblock, controls.mode, controls.opacity, controls.cmap]) {
+  for (const el of [controls.block, controls.perblock, controls.mode, controls.opacity, controls.cmap,
+                    controls.blend]) {
     el.addEventListener("input", draw);
     el.addEventListener("change", draw);
   }
@@ -289,6 +296,7 @@ def viewer_html(
     alpha: float = 0.4,
     image_weight: float = 0.8,
     cmap: str = "jet",
+    blend: str = "fade",
     frame_ms: int = 500,
 ) -> str:
     """The viewer page for one image.
@@ -301,7 +309,7 @@ def viewer_html(
         block_maps: ``(L, h, w)`` per-block maps; shown on their common scale.
         title: page title; ``target``: the explained class, shown under the image.
         top5: ``[{"name": ..., "probability": ...}, ...]`` (as in ``manifest.json``).
-        alpha, image_weight, cmap: the overlay's first settings (the command line's).
+        alpha, image_weight, cmap, blend: the overlay's first settings (the command line's).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -319,7 +327,7 @@ def viewer_html(
         "width": width, "height": height, "blocks": len(raw_maps), "grid": grid,
         "box": list(display.box_pixels()),
         "maps": _floats(maps), "block_maps": _floats(block_maps),
-        "dim": DIM, "image_weight": image_weight,
+        "dim": DIM, "image_weight": image_weight, "fade": FADE.tolist(),
         "luts": luts, "target": target, "frame_ms": frame_ms,
         "stats": {
             "map_max": raw_maps.reshape(len(raw_maps), -1).max(1).tolist(),
@@ -340,6 +348,7 @@ def viewer_html(
         "__ALPHA__": str(alpha),
         "__MODE_OPTIONS__": _options(MODES, mode),
         "__CMAP_OPTIONS__": _options(luts, cmap),
+        "__BLEND_OPTIONS__": _options(BLENDS, check_blend(blend)),
         "__TOP5__": rows,
         "__DATA__": json.dumps(data).replace("</", "<\\/"),
     }.items():

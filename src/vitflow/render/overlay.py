@@ -8,6 +8,22 @@ from PIL import Image
 
 from vitflow.render.colormap import apply_colormap
 
+#: how a map meets the photo. "fade" (the default): ``t * paper + (1 - t) * image`` with
+#: ``t = heat / 255``, clipped: the published overlay where the map is at its maximum, the photo
+#: itself, untinted, where it is zero (jet's dark blue would otherwise tint the whole picture).
+#: "paper": the published overlay everywhere, ``alpha * cmap(heat) + image_weight * image``,
+#: clipped (the paper's figures).
+BLENDS = ("fade", "paper")
+
+#: the fade's weight of each heat level, ``heat / 255`` in float32 (the viewer uses this table)
+FADE = np.arange(256, dtype=np.float32) / np.float32(255)
+
+
+def check_blend(blend: str) -> str:
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    return blend
+
 
 def image_to_uint8(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     """An RGB image as ``(H, W, 3)`` uint8: a PIL image, a uint8 array, a float array in [0, 1]
@@ -39,9 +55,11 @@ def overlay(
     alpha: float = 0.4,
     image_weight: float = 0.8,
     cmap: str = "jet",
+    blend: str = "fade",
 ) -> np.ndarray:
     """``alpha * cmap(heatmap) + image_weight * image`` in 8-bit RGB, clipped (the published
-    overlay is 0.4 JET + 0.8 image).
+    overlay is 0.4 JET + 0.8 image), faded to the image where the map is low (``blend="fade"``,
+    see ``BLENDS``; ``"paper"`` for the published overlay everywhere).
 
     Args:
         image: the image the model saw (see ``image_to_uint8`` for accepted forms).
@@ -50,6 +68,7 @@ def overlay(
         alpha: weight of the coloured heatmap.
         image_weight: weight of the image.
         cmap: colormap name.
+        blend: ``"fade"`` or ``"paper"``.
 
     Returns:
         ``(H, W, 3)`` uint8.
@@ -62,5 +81,9 @@ def overlay(
         size = (rgb.shape[1], rgb.shape[0])
         heatmap = np.asarray(Image.fromarray(heatmap).resize(size, Image.Resampling.BILINEAR))
     colored = apply_colormap(heatmap, cmap).astype(np.float64)
-    blended = alpha * colored + image_weight * rgb.astype(np.float64)
+    image = rgb.astype(np.float64)
+    blended = alpha * colored + image_weight * image
+    if check_blend(blend) == "fade":
+        t = (heatmap.astype(np.float64) / 255.0)[..., None]
+        blended = t * blended + (1.0 - t) * image
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)

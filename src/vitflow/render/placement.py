@@ -26,7 +26,7 @@ from PIL import Image
 
 from vitflow.render.colormap import colormap_lut_uint8, uint8_heatmap
 from vitflow.render.normalize import resize_uint8, to_uint8
-from vitflow.render.overlay import image_to_uint8
+from vitflow.render.overlay import FADE, check_blend, image_to_uint8
 
 #: default display size: the long side of the picture, unless the original is between these
 DISPLAY_MIN, DISPLAY_MAX = 512, 1024
@@ -218,16 +218,24 @@ class Display:
         image_weight: float = 0.8,
         cmap: str = "jet",
         dim: float = DIM,
+        blend: str = "fade",
     ) -> np.ndarray:
-        """``alpha * cmap(heat) + image_weight * image`` where the model looked; the photo dimmed to
-        ``dim`` elsewhere. ``heat``: ``(H, W)`` uint8 from ``heat``.
+        """``alpha * cmap(heat) + image_weight * image`` where the model looked, faded to the photo
+        where the map is low (``blend="fade"``; ``"paper"``: not faded, see ``render.overlay.BLENDS``);
+        the photo dimmed to ``dim`` elsewhere. ``heat``: ``(H, W)`` uint8 from ``heat``.
 
         The same float32 arithmetic as written, arranged for speed (an overlay per frame is most of
         a bundle's cost): ``alpha * cmap`` is a 256-row table looked up once per pixel, the
         image's float copy is made once per picture, and the sums happen in place."""
         base = self._float_image
-        mixed = np.take(_weighted_lut(cmap, alpha), uint8_heatmap(heat), axis=0)  # h w 3, float32
-        mixed += image_weight * base
+        heat = uint8_heatmap(heat)
+        if check_blend(blend) == "fade":  # t * alpha * cmap + (1 + t * (image_weight - 1)) * image
+            colour, weight = _faded_luts(cmap, alpha, image_weight)
+            mixed = np.take(colour, heat, axis=0)  # h w 3, float32
+            mixed += weight[heat][..., None] * base
+        else:
+            mixed = np.take(_weighted_lut(cmap, alpha), heat, axis=0)
+            mixed += image_weight * base
         np.clip(mixed, 0, 255, out=mixed)
         inside = self._inside
         if not inside.all():
@@ -276,6 +284,15 @@ class ShownCopies:
 def _weighted_lut(cmap: str, alpha: float) -> np.ndarray:
     """``alpha * cmap`` as a ``(256, 3)`` float32 table: each product exactly as the overlay forms it."""
     return alpha * colormap_lut_uint8(cmap).astype(np.float32)
+
+
+@lru_cache(maxsize=32)
+def _faded_luts(cmap: str, alpha: float, image_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """The fade as two tables by heat level, in float32 (the viewer forms the same): the colour
+    ``t * (alpha * cmap)`` ``(256, 3)`` and the photo's weight ``1 + t * (image_weight - 1)``
+    ``(256,)``, ``t = heat / 255``."""
+    weight = np.float32(1) + FADE * (np.float32(image_weight) - np.float32(1))
+    return FADE[:, None] * _weighted_lut(cmap, alpha), weight
 
 
 def original_size(image) -> tuple[int, int]:
