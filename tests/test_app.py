@@ -194,6 +194,11 @@ def test_app_in_headless_chromium(files, tmp_path):
         np.testing.assert_array_equal(_fetch(daam_src()), _expected(files / "scene.png", 2))
         label = lambda d: d.find_element(By.CSS_SELECTOR, "#daam").text  # noqa: E731
         wait.until(lambda d: "DAAM: accumulated map, block 2 of 6: " in label(d))
+        # the page after the upload, as a user sees it: a picture, not a blank or error screen
+        shot = tmp_path / "app.png"
+        driver.save_screenshot(str(shot))
+        with Image.open(shot) as picture:
+            assert picture.width >= 1000 and np.asarray(picture.convert("L")).std() > 20
         # a file that is not an image: a message in the page, not a stack trace
         for clear in driver.find_elements(By.CSS_SELECTOR, "#upload button[aria-label='Clear']"):
             clear.click()

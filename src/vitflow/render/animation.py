@@ -34,32 +34,43 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+#: the palette index of "as in the frame before" (GIF transparency over the kept frame)
+_UNCHANGED = 255
+
+
 def encode_gif(frames: Sequence[Image.Image], duration_ms: int = 400, loop: int = 0) -> bytes:
     """Animated GIF bytes; the last frame (the final explanation) is held three times as long.
 
-    One 256-colour palette for every frame, made once by fast octree quantisation of every
+    One palette of 255 colours for every frame, made once by fast octree quantisation of every
     frame's pixels (every other row and column), so the frames do not flicker between palettes.
     Each frame is mapped onto it with Floyd-Steinberg error diffusion, so gradients do not band;
-    a pixel that is the same as in the frame before keeps that frame's palette index, so the still
-    parts of the picture (the photo where the map is low) do not shimmer as the diffused error
-    changes with the parts that move."""
+    a pixel that is the same as in the frame before keeps that frame's colour, so the still parts
+    of the picture (the photo where the map is low) do not shimmer as the diffused error changes
+    with the parts that move. Those pixels are written as the 256th, transparent index over the
+    kept frame, which makes the file smaller than an undithered one."""
     if not frames:
         raise ValueError("encode_gif needs at least one frame")
     rgb = [np.asarray(frame.convert("RGB")) for frame in frames]
     sample = np.concatenate([pixels[::2, ::2] for pixels in rgb])
-    palette = Image.fromarray(sample).quantize(256, method=Image.Quantize.FASTOCTREE)
-    colours = palette.getpalette() or []
+    palette = Image.fromarray(sample).quantize(_UNCHANGED, method=Image.Quantize.FASTOCTREE)
+    colours = (palette.getpalette() or [])[: 3 * _UNCHANGED]
+    colours += [0] * (3 * 256 - len(colours))
     indexed: list[Image.Image] = []
     before: np.ndarray | None = None
     for k, pixels in enumerate(rgb):
-        image = Image.fromarray(pixels).quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
+        quantized = Image.fromarray(pixels).quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
+        index = np.array(quantized)
+        written = index
         if before is not None:
-            index = np.asarray(image).copy()
-            still = (pixels == rgb[k - 1]).all(-1)
+            changed = pixels != rgb[k - 1]
+            still = ~(changed[..., 0] | changed[..., 1] | changed[..., 2])  # faster than .all(-1)
             index[still] = before[still]
-            image = Image.fromarray(index, mode="P")
-            image.putpalette(colours)
-        before = np.asarray(image)
+            written = np.where(still, np.uint8(_UNCHANGED), index)
+        before = index
+        image = Image.fromarray(written, mode="P")
+        image.putpalette(colours)
+        if k:
+            image.info["transparency"] = _UNCHANGED
         indexed.append(image)
     frames = indexed
     durations = [duration_ms] * (len(frames) - 1) + [3 * duration_ms]
@@ -73,5 +84,6 @@ def encode_gif(frames: Sequence[Image.Image], duration_ms: int = 400, loop: int 
         loop=loop,
         disposal=1,
         optimize=False,
+        transparency=_UNCHANGED,
     )
     return buffer.getvalue()
