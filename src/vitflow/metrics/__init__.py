@@ -9,6 +9,7 @@ from vitflow.metrics.localization import (
     segmentation_scores,
     upsample_maps,
 )
+from vitflow.metrics.saco import saco
 from vitflow.metrics.sanity import cascading_randomization, spearman
 from vitflow.registry import METRICS
 
@@ -21,6 +22,7 @@ __all__ = [
     "energy_pointing_game",
     "perturbation_test",
     "pointing_game",
+    "saco",
     "segmentation_scores",
     "spearman",
     "upsample_maps",
