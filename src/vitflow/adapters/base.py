@@ -326,6 +326,20 @@ class Adapter(ABC):
         """The Grad-CAM layer's output as ``(B, N, C)`` tokens (override for sequence-first layers)."""
         return activation
 
+    def has_readout(self) -> bool:
+        """Whether ``readout`` reads the output from an intermediate block (the methods registered
+        with ``readout=True`` need it)."""
+        return False
+
+    def readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The model's output (as ``forward`` gives it) read from one block's output tokens
+        ``(B, N, C)`` as if no block followed: the final normalisation, pooling and head. LeGrad
+        scores every block this way. Families without one refuse it in one line."""
+        raise NotImplementedError(
+            f"{type(self.model).__name__}: vitflow cannot read the output from an intermediate block of "
+            f"this model ({self.family} adapter has no readout)"
+        )
+
 
 class OverrideAdapter(Adapter):
     """Wraps an adapter with user-given geometry (``DAAM(model, prefix_tokens=..., grid=...)``)."""
@@ -354,6 +368,12 @@ class OverrideAdapter(Adapter):
 
     def num_classes(self) -> int | None:
         return self.inner.num_classes()
+
+    def has_readout(self) -> bool:
+        return self.inner.has_readout()
+
+    def readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.inner.readout(tokens)
 
     def logits(self, output: object) -> torch.Tensor:
         return self.inner.logits(output)

@@ -315,3 +315,14 @@ class TimmAdapter(Adapter):
 
     def num_classes(self) -> int | None:
         return getattr(self.model, "num_classes", None)
+
+    def has_readout(self) -> bool:
+        model = self.model
+        tail = hasattr(model, "forward_head") and hasattr(model, "norm")
+        return self.class_attention_blocks() is None and tail
+
+    def readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        """timm's own tail: ``forward_head(norm(tokens))`` (pooling, ``fc_norm``, head)."""
+        if not self.has_readout():
+            return super().readout(tokens)
+        return self.logits(self.model.forward_head(self.model.norm(tokens)))

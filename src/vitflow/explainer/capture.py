@@ -121,16 +121,14 @@ class Capture:
         return not self._handles
 
     @contextmanager
-    def run(self, x: torch.Tensor, target: object = None, input_grad: bool = False) -> Iterator[Pass]:
-        """One forward and one backward pass of ``x`` for ``target``; the records are filled inside
-        the ``with`` block and cleared when it ends.
-
-        Args:
-            x: ``(B, C, H, W)`` preprocessed images on the model's device.
-            target: as for ``DAAM`` (``None``, an int, one class per image, or a
-                ``Target``).
-            input_grad: also compute ``dY/dx`` (the backward pass then reaches the input).
-        """
+    def open_pass(
+        self, x: torch.Tensor, target: object = None, input_grad: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Target]]:
+        """The forward pass of ``x`` with the records filling, its graph kept for the caller's own
+        gradients: yields ``(inputs, logits, explained target)`` with autograd on and the
+        parameters frozen (the graph starts at the first attention output, or at ``inputs`` with
+        ``input_grad``); everything is restored and the records cleared when the block ends.
+        ``run`` is this pass with the explained score's backward pass."""
         if self.closed:
             raise RuntimeError("this capture is closed; create a new one to explain more images")
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
@@ -153,13 +151,32 @@ class Capture:
                 record.active = True
             inputs = x.detach().requires_grad_(True) if input_grad else x
             with torch.enable_grad():
-                logits = self.adapter.logits(self.model(inputs))
-                scored = explained(logits)
-                with torch.autocast(x.device.type, enabled=False):  # checked in >= float32
-                    self._check_records(x.shape[0])
-                wrt = inputs if input_grad else self.records[0].output
-                assert wrt is not None  # _check_records saw every block's output
-                grads = torch.autograd.grad(scored.scores.sum(), [wrt])
+                yield inputs, self.adapter.logits(self.model(inputs)), explained
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+            for record in self.records:
+                record.active = False
+                record.clear()
+
+    @contextmanager
+    def run(self, x: torch.Tensor, target: object = None, input_grad: bool = False) -> Iterator[Pass]:
+        """One forward and one backward pass of ``x`` for ``target``; the records are filled inside
+        the ``with`` block and cleared when it ends.
+
+        Args:
+            x: ``(B, C, H, W)`` preprocessed images on the model's device.
+            target: as for ``DAAM`` (``None``, an int, one class per image, or a
+                ``Target``).
+            input_grad: also compute ``dY/dx`` (the backward pass then reaches the input).
+        """
+        with self.open_pass(x, target, input_grad) as (inputs, logits, explained):
+            scored = explained(logits)
+            with torch.autocast(x.device.type, enabled=False):  # checked in >= float32
+                self._check_records(x.shape[0])
+            wrt = inputs if input_grad else self.records[0].output
+            assert wrt is not None  # _check_records saw every block's output
+            grads = torch.autograd.grad(scored.scores.sum(), [wrt])
             for record in self.records:
                 if not record.has_gradient():
                     raise DecompositionError(
@@ -167,12 +184,6 @@ class Capture:
                         "output does not reach the explained score"
                     )
             yield Pass(logits, scored, explained, grads[0].detach() if input_grad else None)
-        finally:
-            for p in params:
-                p.requires_grad_(True)
-            for record in self.records:
-                record.active = False
-                record.clear()
 
     def _check_records(self, batch: int) -> None:
         """The decomposition identity for every block: the token contributions rebuilt from the

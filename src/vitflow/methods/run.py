@@ -60,13 +60,19 @@ def is_flow_method(name: str) -> bool:
 
 def applicable_methods(adapter: Adapter, methods: Sequence[str]) -> tuple[list[str], list[str]]:
     """The methods that are defined for the adapter's model, and a note on any left out."""
-    if adapter.full_attention():
-        return list(methods), []
-    kept = [m for m in methods if not METHODS.lookup(m)[0].info.get("full_attention")]
-    dropped = [m for m in methods if m not in kept]
-    if not dropped:
-        return kept, []
-    name = type(adapter.model).__name__
-    return kept, [f"{', '.join(dropped)} left out: {name}'s class-attention blocks have no token-to-token "
-                  "attention to propagate"]  # fmt: skip
+    name, notes = type(adapter.model).__name__, []
+    kept = list(methods)
+    if not adapter.full_attention():
+        dropped = [m for m in kept if METHODS.lookup(m)[0].info.get("full_attention")]
+        kept = [m for m in kept if m not in dropped]
+        if dropped:
+            notes.append(f"{', '.join(dropped)} left out: {name}'s class-attention blocks have no "
+                         "token-to-token attention to propagate")  # fmt: skip
+    if not adapter.has_readout():
+        dropped = [m for m in kept if METHODS.lookup(m)[0].info.get("readout")]
+        kept = [m for m in kept if m not in dropped]
+        if dropped:
+            notes.append(f"{', '.join(dropped)} left out: vitflow cannot read {name}'s output from an "
+                         "intermediate block")  # fmt: skip
+    return kept, notes
 
