@@ -22,12 +22,32 @@ class Reference:
     identity_error: float  # max |sum_j S[j] - O[0]| over blocks
     attention: list[torch.Tensor] | None = None  # (B, H, N, N) per block, explicit softmax
     attention_grad: list[torch.Tensor] | None = None  # dY/dA per block, by autograd
+    token_relevance: torch.Tensor | None = None  # (B, N) CP-LRP input x gradient entering block 1
+
+
+def _layer_norm(module, x, cp_lrp):
+    """``module`` (a LayerNorm) written out; with ``cp_lrp`` its standard deviation is a constant."""
+    mean = x.mean(-1, keepdim=True)
+    std = ((x - mean).pow(2).mean(-1, keepdim=True) + module.eps).sqrt()
+    return (x - mean) / (std.detach() if cp_lrp else std) * module.weight + module.bias
+
+
+def _gelu(x, cp_lrp):
+    """GELU; with ``cp_lrp`` the identity rule: the value f(x), the gradient f(x) / (x + 1e-10)."""
+    y = torch.nn.functional.gelu(x)
+    if not cp_lrp:
+        return y
+    ratio = (y / (x + 1e-10)).detach()
+    return x * ratio + (y - x * ratio).detach()
 
 
 def reference_daam(
-    model, x, target=None, rho="relu", prefix_tokens=None, grid=None, score_fn=None
+    model, x, target=None, rho="relu", prefix_tokens=None, grid=None, score_fn=None, cp_lrp=False
 ) -> Reference:
-    """``score_fn(output) -> (B,)`` replaces the class logit (feature targets); ``target`` is then unused."""
+    """``score_fn(output) -> (B,)`` replaces the class logit (feature targets); ``target`` is then
+    unused. ``cp_lrp``: the gradient is CP-LRP's (query and key, LayerNorm's standard deviation
+    detached, GELU by the identity rule; plain timm ViT blocks only); ``token_relevance`` is then
+    input x gradient at the tokens entering the first block."""
     model = copy.deepcopy(model).double()
     x = x.double()
     batch = x.shape[0]
@@ -35,15 +55,25 @@ def reference_daam(
     tokens = model._pos_embed(tokens)
     tokens = model.norm_pre(model.patch_drop(tokens))
     n_tokens = tokens.shape[1]
+    entering = tokens.detach().requires_grad_(cp_lrp)
+    tokens = entering if cp_lrp else tokens
+    norm = (lambda m, t: _layer_norm(m, t, True)) if cp_lrp else (lambda m, t: m(t))
+
+    def mlp(block, t):
+        if not cp_lrp:
+            return block.mlp(t)
+        return block.mlp.fc2(block.mlp.norm(_gelu(block.mlp.fc1(t), True)))
 
     zero_leaves, class_rows, values, outputs, fulls = [], [], [], [], []
     for blk in model.blocks:
         attn = blk.attn
         heads, head_dim = attn.num_heads, attn.head_dim
-        h = blk.norm1(tokens)
+        h = norm(blk.norm1, tokens)
         qkv = attn.qkv(h).reshape(batch, n_tokens, 3, heads, head_dim)
         q = attn.q_norm(qkv[:, :, 0].transpose(1, 2))  # b h n d
         k = attn.k_norm(qkv[:, :, 1].transpose(1, 2))
+        if cp_lrp:  # no gradient through the softmax
+            q, k = q.detach(), k.detach()
         v = qkv[:, :, 2].transpose(1, 2)
         full = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1)  # b h n n
         fulls.append(full)
@@ -51,12 +81,12 @@ def reference_daam(
         leaf = torch.zeros_like(out, requires_grad=True)
         out = out + leaf
         tokens = tokens + blk.drop_path1(blk.ls1(attn.proj(attn.norm(out))))
-        tokens = tokens + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(tokens))))
+        tokens = tokens + blk.drop_path2(blk.ls2(mlp(blk, norm(blk.norm2, tokens))))
         zero_leaves.append(leaf)
         class_rows.append(full[:, :, 0, :].detach())
         values.append(v.detach())
         outputs.append(out[:, 0].detach())
-    logits = model.forward_head(model.norm(tokens))
+    logits = model.forward_head(norm(model.norm, tokens))
     if score_fn is not None:
         labels = torch.full((batch,), -1)
         score = score_fn(logits).sum()
@@ -68,8 +98,12 @@ def reference_daam(
         else:
             labels = torch.as_tensor(target)
         score = logits[torch.arange(batch), labels].sum()
-    everything = torch.autograd.grad(score, zero_leaves + fulls)
+    wrt = zero_leaves + ([entering] if cp_lrp else fulls)
+    everything = torch.autograd.grad(score, wrt)
     grads, attention_grads = everything[: len(zero_leaves)], everything[len(zero_leaves) :]
+    token_relevance = (entering.detach() * attention_grads[0]).sum(-1) if cp_lrp else None
+    if cp_lrp:
+        attention_grads = ()
 
     prefix = model.num_prefix_tokens if prefix_tokens is None else prefix_tokens
     if grid is None:
@@ -97,7 +131,8 @@ def reference_daam(
         target=labels,
         identity_error=identity_error,
         attention=[f.detach() for f in fulls],
-        attention_grad=[g.detach() for g in attention_grads],
+        attention_grad=[g.detach() for g in attention_grads] or None,
+        token_relevance=token_relevance,
     )
 
 

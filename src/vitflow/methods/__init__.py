@@ -2,7 +2,7 @@
 method is registered where it is defined (``vitflow.registry.METHODS``)."""
 
 # importing these registers the DAAM variants and the mixing-aware variants
-from vitflow.methods import daam, legrad, mixing  # noqa: F401
+from vitflow.methods import daam, legrad, lrp, mixing  # noqa: F401
 from vitflow.methods.attention import (
     attention_gradcam,
     attention_rollout,

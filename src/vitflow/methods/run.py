@@ -68,6 +68,13 @@ def applicable_methods(adapter: Adapter, methods: Sequence[str]) -> tuple[list[s
         if dropped:
             notes.append(f"{', '.join(dropped)} left out: {name}'s class-attention blocks have no "
                          "token-to-token attention to propagate")  # fmt: skip
+    from vitflow.methods.lrp import supports_cp_lrp
+
+    if not supports_cp_lrp(adapter):
+        dropped = [m for m in kept if METHODS.lookup(m)[0].info.get("lrp")]
+        kept = [m for m in kept if m not in dropped]
+        if dropped:
+            notes.append(f"{', '.join(dropped)} left out: CP-LRP's hooks do not reach {name}'s attention")
     if not adapter.has_readout():
         dropped = [m for m in kept if METHODS.lookup(m)[0].info.get("readout")]
         kept = [m for m in kept if m not in dropped]

@@ -1,0 +1,106 @@
+"""CP-LRP (AttnLRP's recipe for ViTs) by hooks: equal to lxt's own patches on torchvision's ViT
+(lxt 2.1 as a test-only oracle), and to an explicit float64 restatement on a timm ViT; DAAM with
+CP-LRP coefficients (``daam_lrp``) equal to the float64 DAAM reference with the same backward."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from models import make_timm
+from reference import reference_daam
+
+from vitflow import DAAM
+from vitflow.adapters import resolve_adapter
+from vitflow.methods.lrp import attnlrp, attnlrp_relevance, cp_lrp
+from vitflow.methods.run import applicable_methods, explain_all
+
+
+def _lxt_patches():
+    """lxt's CP-LRP patch functions. lxt 2.1's package ``__init__`` imports its LLM patches, which
+    need transformers 4; its ``efficient.patches`` and ``rules`` modules do not, so they are loaded
+    without it."""
+    lxt = pytest.importorskip("lxt", reason="lxt is the oracle: pip install --no-deps lxt==2.1")
+    if "lxt.efficient" not in sys.modules:
+        package = types.ModuleType("lxt.efficient")
+        package.__path__ = [str(Path(lxt.__file__).parent / "efficient")]
+        sys.modules["lxt.efficient"] = package
+    return importlib.import_module("lxt.efficient.patches")
+
+
+def _spread(model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p += 0.1 * torch.randn_like(p)
+    return model
+
+
+def test_attnlrp_equals_lxt_on_torchvision_vit():
+    torchvision = pytest.importorskip("torchvision")
+    patches = _lxt_patches()
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4
+    )
+    model = _spread(model).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    target = torch.tensor([1, 3])
+    tokens, ours = attnlrp_relevance(model, x, target)
+    logits = model(x).detach()
+    # lxt patches the classes themselves (its way): patched for this pass only, then restored
+    classes = (torch.nn.GELU, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
+    saved = {cls: cls.forward for cls in classes}
+    try:
+        patches.patch_method(patches.non_linear_forward, torch.nn.GELU, keep_original=True)
+        patches.patch_method(patches.layer_norm_forward, torch.nn.LayerNorm)
+        patches.patch_method(patches.cp_multi_head_attention_forward, torch.nn.MultiheadAttention,
+                             keep_original=True)  # fmt: skip
+        inputs = x.clone().requires_grad_(True)
+        output = model(inputs)
+        output[torch.arange(2), target].sum().backward()
+        theirs = (inputs * inputs.grad).sum(1).detach()
+    finally:
+        for cls, forward in saved.items():
+            cls.forward = forward
+            if "original_forward" in vars(cls):
+                delattr(cls, "original_forward")
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-15)
+    assert theirs.abs().amax() > 1e-3  # not a vacuous match
+    torch.testing.assert_close(model(x), logits)  # hooks and patches gone: the model as it was
+    # the tokens entering the first block carry the class logit (conservation, no biases lost)
+    assert tokens.shape == (2, 17)
+
+
+def test_attnlrp_and_daam_lrp_equal_the_float64_restatement_on_a_timm_vit():
+    model = make_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5).double().eval()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    target = torch.tensor([0, 2, 4])
+    expected = reference_daam(model, x, target, cp_lrp=True)
+    tokens, _ = attnlrp_relevance(model, x, target)
+    torch.testing.assert_close(tokens, expected.token_relevance, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(attnlrp(model, x, target), expected.token_relevance[:, 1:].reshape(3, 4, 4))
+    adapter = resolve_adapter(model)
+    with cp_lrp(adapter), DAAM(model) as daam:
+        result = daam(x, target=target)
+    torch.testing.assert_close(result.block_maps, expected.block_maps, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(result.logits, expected.logits)  # the forward pass is the model's
+    plain = reference_daam(model, x, target)
+    assert (plain.block_maps - expected.block_maps).abs().amax() > 1e-6  # CP-LRP changes coefficients
+    # registered, as a method and as an attention flow
+    maps = explain_all(adapter, x, target, ["attnlrp", "daam_lrp"])
+    torch.testing.assert_close(maps["daam_lrp"], result.maps[:, -1].float())
+    assert maps["daam_lrp/flow"].shape == (3, len(model.blocks), 4, 4)
+    assert (maps["attnlrp"] >= 0).all()
+
+
+def test_cp_lrp_refuses_attention_it_cannot_reach():
+    model = make_timm("beit_base_patch16_224", img_size=32, patch_size=8, depth=2, global_pool="token").eval()
+    adapter = resolve_adapter(model)
+    kept, notes = applicable_methods(adapter, ["daam", "attnlrp", "daam_lrp"])
+    assert kept == ["daam"] and "CP-LRP's hooks do not reach Beit's attention" in notes[0]
+    with pytest.raises(NotImplementedError, match="CP-LRP's hooks reach timm's Attention"):
+        attnlrp(model, torch.randn(1, 3, 32, 32))
