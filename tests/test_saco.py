@@ -119,3 +119,25 @@ def test_saco_is_a_registered_faithfulness_metric():
         METRICS.call("saco", maps, context)
     wide = ScoringContext(_pixel_model(torch.rand(30)), torch.ones(2, 1, 10, 3), torch.tensor([1, 1]))
     assert METRICS.call("saco", maps, wide).shape == (2,)
+
+
+def test_a_score_without_a_value_is_null_in_the_records_and_left_out_of_the_means(tmp_path):
+    """SaCo of a constant map is NaN: the record says null, the mean leaves it out, results.json
+    stays valid JSON and results.md shows a dash where no image had a value."""
+    import json
+
+    from vitflow.runs.report import summarize
+
+    records = [
+        {"item": "a", "target": 0, "correct": True, "scores": {"daam": {"saco": 0.5}, "flat": {"saco": None}},
+         "per_block": {}},
+        {"item": "b", "target": 0, "correct": True, "scores": {"daam": {"saco": None}, "flat": {"saco": None}},
+         "per_block": {}},
+    ]  # fmt: skip
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = summarize(tmp_path, ["daam", "flat"], ["saco"])
+    assert summary["methods"]["daam"]["saco"] == 0.5
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["methods"]["flat"]["saco"] is None
+    assert "| flat | – |" in (tmp_path / "results.md").read_text()
+    assert "| daam | **0.500** |" in (tmp_path / "results.md").read_text()

@@ -242,7 +242,7 @@ def _score_batch(
             "item": item.name,
             "target": item.target,
             "correct": bool(correct[i]),
-            "scores": {m: {k: float(v[i]) for k, v in s.items()} for m, s in scores.items()},
+            "scores": {m: _item_scores(s, i) for m, s in scores.items()},
             "per_block": {m: [_item_scores(s, i) for s in ss] for m, ss in per_block.items()},
         }
         for i, item in enumerate(batch.items)
@@ -250,7 +250,8 @@ def _score_batch(
 
 
 def _item_scores(scores: dict[str, torch.Tensor], i: int) -> dict[str, float | None]:
-    """One item's per-block scores; ``None`` where its map was empty (JSON has no NaN)."""
+    """One item's scores; ``None`` where a metric has no value (a per-block map still empty, SaCo
+    of a constant map): JSON has no NaN, and the means leave them out."""
     return {k: None if math.isnan(float(v[i])) else float(v[i]) for k, v in scores.items()}
 
 

@@ -17,6 +17,17 @@ def _mean(values: list[float | None]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def _no_nan(value):
+    """``value`` with every NaN float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
 def summarize(out: Path, methods: Sequence[str], metrics: Sequence[str]) -> dict:
     """Aggregate ``records.jsonl`` into results.json, results.csv, results.md and per_block.png."""
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
@@ -32,7 +43,7 @@ def summarize(out: Path, methods: Sequence[str], metrics: Sequence[str]) -> dict
         "daam_per_block": curves.get("daam", {}),  # DAAM's curves, as results.json has always had them
         "higher_is_better": {k: higher_is_better(k) for k in present},
     }
-    write_json_atomic(out / "results.json", summary)
+    write_json_atomic(out / "results.json", _no_nan(summary))
     csv = ["method," + ",".join(present)] + [
         m + "," + ",".join(f"{table[m][k]:.4f}" for k in present) for m in methods
     ]
@@ -42,9 +53,11 @@ def summarize(out: Path, methods: Sequence[str], metrics: Sequence[str]) -> dict
     for m in methods:
         cells = []
         for k in present:
-            values = [table[other][k] for other in methods]
-            best = max(values) if higher_is_better(k) else min(values)
-            cells.append(f"**{table[m][k]:.3f}**" if table[m][k] == best else f"{table[m][k]:.3f}")
+            values = [table[other][k] for other in methods if not math.isnan(table[other][k])]
+            best = (max(values) if higher_is_better(k) else min(values)) if values else None
+            value = table[m][k]
+            shown = "–" if math.isnan(value) else f"{value:.3f}"
+            cells.append(f"**{shown}**" if value == best else shown)
         md.append(f"| {m} | " + " | ".join(cells) + " |")
     write_bytes_atomic(out / "results.md", ("\n".join(md) + "\n").encode())
     if any(curves.values()):
