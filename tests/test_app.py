@@ -64,6 +64,9 @@ def test_session_pictures_are_the_librarys(files):
     assert int(chosen.result.target[0]) == 4 and chosen.label == CLASS_NAMES[4]
     beside = session.baseline(chosen, "rollout")
     assert beside.shape == session.picture(chosen, 6).shape
+    # the baselines offered are the ones this model can run, the newest included
+    assert {"rollout", "legrad", "attnlrp", "generic_attention"} <= set(session.baselines)
+    assert session.baseline(chosen, "legrad").shape == beside.shape
     rows = session.stats(chosen)
     assert len(rows) == 6 and abs(sum(r[3] for r in rows) - 1) < 1e-2
     archive = session.bundle(chosen, files / "bundle")

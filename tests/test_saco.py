@@ -128,12 +128,10 @@ def test_a_score_without_a_value_is_null_in_the_records_and_left_out_of_the_mean
 
     from vitflow.runs.report import summarize
 
-    records = [
-        {"item": "a", "target": 0, "correct": True, "scores": {"daam": {"saco": 0.5}, "flat": {"saco": None}},
-         "per_block": {}},
-        {"item": "b", "target": 0, "correct": True, "scores": {"daam": {"saco": None}, "flat": {"saco": None}},
-         "per_block": {}},
-    ]  # fmt: skip
+    scores = [{"daam": {"saco": 0.5}, "flat": {"saco": None}},
+              {"daam": {"saco": None}, "flat": {"saco": None}}]  # fmt: skip
+    records = [{"item": name, "target": 0, "correct": True, "scores": s, "per_block": {}}
+               for name, s in zip("ab", scores, strict=True)]  # fmt: skip
     (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = summarize(tmp_path, ["daam", "flat"], ["saco"])
     assert summary["methods"]["daam"]["saco"] == 0.5

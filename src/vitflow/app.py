@@ -78,8 +78,12 @@ class Session:
         self.lock = threading.Lock()  # one request runs the model at a time
         self.boxes = CropBoxes(loaded.preprocessing)
         from vitflow.adapters import resolve_adapter
+        from vitflow.methods.run import applicable_methods
 
-        self.num_blocks = len(resolve_adapter(self.model).sites())
+        adapter = resolve_adapter(self.model)
+        self.num_blocks = len(adapter.sites())
+        #: the baselines this model can run (LeGrad needs a readout, CP-LRP timm or MHA attention)
+        self.baselines = applicable_methods(adapter, baseline_names())[0]
 
     @property
     def choices(self) -> list[str]:
@@ -341,7 +345,7 @@ def build_app(session: Session, examples: list[str] | None = None, title: str = 
                     cmap = gr.Dropdown(available_colormaps(), value="jet", label="colormap")
                     opacity = gr.Slider(0, 1, value=ALPHA, step=0.05, label="map weight", elem_id="opacity")
                     baseline = gr.Dropdown(
-                        [NO_BASELINE, *baseline_names()], value=NO_BASELINE, label="baseline beside DAAM"
+                        [NO_BASELINE, *session.baselines], value=NO_BASELINE, label="baseline beside DAAM"
                     )
                 with gr.Row():
                     shown = gr.Image(

@@ -1,8 +1,10 @@
 """Explanation methods for ViTs besides DAAM itself, and DAAM's variants, for comparison; each
 method is registered where it is defined (``vitflow.registry.METHODS``)."""
 
-# importing these registers the DAAM variants and the mixing-aware variants
-from vitflow.methods import daam, legrad, lrp, mixing  # noqa: F401
+# importing these registers the methods, in the order the tables list them: the DAAM variants
+# and the mixing-aware variants, the attention baselines (2020-2021), then LeGrad and CP-LRP
+# (with DAAM on CP-LRP's backward pass)
+from vitflow.methods import daam, mixing  # noqa: F401, I001
 from vitflow.methods.attention import (
     attention_gradcam,
     attention_rollout,
@@ -11,6 +13,7 @@ from vitflow.methods.attention import (
     input_x_gradient,
     raw_attention,
 )
+from vitflow.methods import legrad, lrp  # noqa: F401, E402
 from vitflow.methods.inputs import MethodInputs
 from vitflow.methods.trace import AttentionTrace, trace_attention
 from vitflow.registry import METHODS
