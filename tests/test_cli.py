@@ -273,6 +273,26 @@ def test_an_unreachable_hub_or_a_model_daam_refuses_fails_in_seconds_in_one_whol
     assert not any((tmp_path / name).exists() for name in refused)
 
 
+def test_torchvision_weights_from_a_server_that_does_not_answer_fail_in_seconds(
+    workspace, tmp_path, silent_hub
+):
+    """torchvision's weights come from download.pytorch.org, not the hub: a server that does not
+    answer (here a proxy that never does) is named in one whole line after the short probe, with
+    where torch keeps the weights and the file to fetch elsewhere."""
+    root, _ = workspace
+    env = {"HTTPS_PROXY": silent_hub, "HTTP_PROXY": silent_hub, "TORCH_HOME": str(tmp_path / "torch")}
+    proc, seconds = _explain_offline([str(root / "square.png"), "--model", "torchvision:vit_b_16"],
+                                     tmp_path / "o", env)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("vitflow: error: torchvision:vit_b_16: could not reach download.pytorch.org "
+                               "within 4 s")  # fmt: skip
+    assert "--checkpoint FILE" in lines[0] and str(tmp_path / "torch" / "hub" / "checkpoints") in lines[0]
+    assert lines[0].endswith("fetch https://download.pytorch.org/models/vit_b_16-c867db91.pth on a machine "
+                             "that is online and put it there)")  # fmt: skip
+    assert seconds < 60 and not (tmp_path / "o").exists()
+
+
 def test_help_documents_every_option():
     proc = subprocess.run(
         [sys.executable, "-m", "vitflow.cli", "explain", "--help"],

@@ -130,6 +130,32 @@ def check_hub(spec: str, repo_id: str | None, files: tuple[str, ...], hint: str)
         ) from None
 
 
+def check_download(spec: str, url: str, cached: Path, hint: str) -> None:
+    """Fail at once, in one line, when ``spec``'s weights would be downloaded from ``url`` (not
+    the Hugging Face hub: torchvision's) and are not at ``cached`` while ``url``'s server does not
+    answer within ``HUB_TIMEOUT_S`` (proxies honoured): the download itself would wait on the
+    network's own timeouts. A server that answers, even with an error, is left to the library."""
+    if cached.is_file():
+        return
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    host = urllib.parse.urlsplit(url).netloc or url
+    where = f"the weights go to {cached.parent}; fetch {url} on a machine that is online and put it there"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as error:  # URLError, timeouts, refused connections
+        reason = getattr(error, "reason", None) or error
+        raise ModelLoadError(
+            f"{spec}: could not reach {host} within {HUB_TIMEOUT_S:.0f} s to download its pretrained "
+            f"weights ({reason}); offline? {hint} ({where})"
+        ) from None
+
+
 @contextmanager
 def quiet_hub():
     """Keep the hub client's retry warnings, transformers' load reports and progress bars off the

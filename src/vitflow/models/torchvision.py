@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,6 +15,7 @@ from torch import nn
 from vitflow.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from vitflow.models.checkpoints import (
     ModelLoadError,
+    check_download,
     load_state_dict_strict,
     offline_error,
     quiet_hub,
@@ -48,12 +51,18 @@ def load(name, checkpoint, headless, texts, img_size=None) -> LoadedModel:
                 "--img-size with torchvision's pretrained weights is not possible (they fix the size); "
                 "give --checkpoint FILE with weights for that size"
             )
+        hint = "pass --checkpoint FILE with the weights"
         try:
             weights = torchvision.models.get_model_weights(name).DEFAULT
+        except Exception as error:
+            raise offline_error(f"torchvision:{name}", error, hint) from None
+        file_name = Path(urllib.parse.urlsplit(weights.url).path).name
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name  # where torch.hub keeps it
+        check_download(f"torchvision:{name}", weights.url, cached, hint)
+        try:
             with quiet_hub():
                 model = builder(weights=weights)
         except Exception as error:
-            hint = "pass --checkpoint FILE with the weights"
             raise offline_error(f"torchvision:{name}", error, hint) from None
     if weights is not None:
         transform = weights.transforms()
