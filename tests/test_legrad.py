@@ -52,9 +52,11 @@ def test_legrad_equals_the_explicit_float64_restatement():
     ours = legrad_relevance(model, x, target)
     assert ours.shape == (3, len(model.blocks), 17)
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-14)
-    maps = legrad(model, x, target)
-    torch.testing.assert_close(maps, minmax(expected.sum(1)[:, 1:]).reshape(3, 4, 4))
-    assert maps.amin() == 0 and (maps.flatten(1).amax(1) == 1).all()
+    maps = legrad(model, x, target)  # legrad-torch's default: the last two blocks
+    torch.testing.assert_close(maps, minmax(expected[:, -2:].sum(1)[:, 1:]).reshape(3, 4, 4))
+    every = legrad(model, x, target, layer_index=0)
+    torch.testing.assert_close(every, minmax(expected.sum(1)[:, 1:]).reshape(3, 4, 4))
+    assert maps.amin() == 0 and (maps.flatten(1).amax(1) == 1).all() and not torch.equal(maps, every)
     # the model's own predicted class by default; every block explains it, not its own argmax
     predicted = model(x).argmax(1)
     torch.testing.assert_close(legrad_relevance(model, x), _reference(model, x, predicted))

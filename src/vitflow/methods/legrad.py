@@ -6,8 +6,9 @@ pooling and head on its output tokens: ``Adapter.readout``), giving a score ``s_
 explained target (the class the whole model explains). Its gradient with respect to the
 block's attention probabilities ``A_l`` ``(H, N, N)``, kept where positive, averaged over heads
 and over query rows, is that block's relevance of each token; the relevances are summed over the
-blocks and the patch tokens' sum is min-max normalised once, at the end. One forward pass and
-one gradient call per block; fused attention stays on (``dS/dA = (dS/dO) v^T`` per head, with
+blocks from ``layer_index`` on (``-2``: the last two, the default of the authors' package
+``legrad-torch``) and the patch tokens' sum is min-max normalised once, at the end. One forward
+pass and one gradient call per block; fused attention stays on (``dS/dA = (dS/dO) v^T`` per head, with
 ``O = A v`` the block's attention output, as the attention trace forms it).
 """
 
@@ -65,16 +66,24 @@ def legrad_relevance(model: nn.Module, x: torch.Tensor, target: object = None, a
     return torch.stack(relevance, dim=1)
 
 
-def legrad(model: nn.Module, x: torch.Tensor, target: object = None, adapter=None) -> torch.Tensor:
-    """``(B, h, w)`` LeGrad maps in [0, 1]."""
+#: the first block LeGrad sums (``legrad-torch``'s ``layer_index``: the last two blocks)
+LAYER_INDEX = -2
+
+
+def legrad(
+    model: nn.Module, x: torch.Tensor, target: object = None, adapter=None, layer_index: int = LAYER_INDEX
+) -> torch.Tensor:
+    """``(B, h, w)`` LeGrad maps in [0, 1], the blocks from ``layer_index`` on (0: all of them)."""
     relevance = legrad_relevance(model, x, target, adapter)
     with Capture(model, adapter=adapter) as capture:
         prefix, grid = capture.adapter.prefix_tokens(), capture.adapter.grid((x.shape[-2], x.shape[-1]))
-    patches = relevance.sum(dim=1)[:, prefix:]
+    blocks = relevance.shape[1]
+    start = layer_index if layer_index >= 0 else max(blocks + layer_index, 0)
+    patches = relevance[:, start:].sum(dim=1)[:, prefix:]
     return minmax(patches).reshape(len(x), *grid)
 
 
 @register_method("legrad", full_attention=True, readout=True)
 def _legrad(inputs: MethodInputs) -> torch.Tensor:
-    """LeGrad (Bousselham et al. 2025): each block read out as the last, positive dS/dA summed."""
+    """LeGrad (Bousselham et al. 2025): the last two blocks read out, positive dS/dA summed."""
     return legrad(inputs.adapter.model, inputs.x, inputs.target, adapter=inputs.adapter)
