@@ -60,26 +60,20 @@ def is_flow_method(name: str) -> bool:
 
 def applicable_methods(adapter: Adapter, methods: Sequence[str]) -> tuple[list[str], list[str]]:
     """The methods that are defined for the adapter's model, and a note on any left out."""
-    name, notes = type(adapter.model).__name__, []
-    kept = list(methods)
-    if not adapter.full_attention():
-        dropped = [m for m in kept if METHODS.lookup(m)[0].info.get("full_attention")]
-        kept = [m for m in kept if m not in dropped]
-        if dropped:
-            notes.append(f"{', '.join(dropped)} left out: {name}'s class-attention blocks have no "
-                         "token-to-token attention to propagate")  # fmt: skip
     from vitflow.methods.lrp import supports_cp_lrp
 
-    if not supports_cp_lrp(adapter):
-        dropped = [m for m in kept if METHODS.lookup(m)[0].info.get("lrp")]
+    name = type(adapter.model).__name__
+    needs = (  # a method registered with the flag needs what the model may not have
+        ("full_attention", adapter.full_attention(),
+         f"{name}'s class-attention blocks have no token-to-token attention to propagate"),
+        ("lrp", supports_cp_lrp(adapter), f"CP-LRP's hooks do not reach {name}'s attention"),
+        ("readout", adapter.has_readout(), f"vitflow cannot read {name}'s output from an intermediate block"),
+    )  # fmt: skip
+    kept, notes = list(methods), []
+    for flag, available, reason in needs:
+        dropped = [] if available else [m for m in kept if METHODS.lookup(m)[0].info.get(flag)]
         kept = [m for m in kept if m not in dropped]
         if dropped:
-            notes.append(f"{', '.join(dropped)} left out: CP-LRP's hooks do not reach {name}'s attention")
-    if not adapter.has_readout():
-        dropped = [m for m in kept if METHODS.lookup(m)[0].info.get("readout")]
-        kept = [m for m in kept if m not in dropped]
-        if dropped:
-            notes.append(f"{', '.join(dropped)} left out: vitflow cannot read {name}'s output from an "
-                         "intermediate block")  # fmt: skip
+            notes.append(f"{', '.join(dropped)} left out: {reason}")
     return kept, notes
 

@@ -113,21 +113,27 @@ def check_hub(spec: str, repo_id: str | None, files: tuple[str, ...], hint: str)
             f"{spec}: its pretrained weights ({repo_id}) are not in the cache and HF_HUB_OFFLINE is set; "
             f"{hint} ({where})"
         )
-    import urllib.error
-    import urllib.request
-
-    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo_id}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT_S):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered
-    except (OSError, ValueError) as error:  # URLError, timeouts, refused connections, a bad endpoint
-        reason = getattr(error, "reason", None) or error
+    reason = _unanswered(f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo_id}")
+    if reason is not None:
         raise ModelLoadError(
             f"{spec}: could not reach {constants.ENDPOINT} within {HUB_TIMEOUT_S:.0f} s to download its "
             f"pretrained weights ({reason}); offline? {hint} ({where})"
-        ) from None
+        )
+
+
+def _unanswered(url: str) -> str | None:
+    """Why ``url``'s server did not answer a HEAD request within ``HUB_TIMEOUT_S`` (proxies
+    honoured), or ``None`` when it answered, even with an error."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as error:  # URLError, timeouts, refused connections, a bad endpoint
+        return str(getattr(error, "reason", None) or error)
 
 
 def check_download(spec: str, url: str, cached: Path, hint: str) -> None:
@@ -137,23 +143,16 @@ def check_download(spec: str, url: str, cached: Path, hint: str) -> None:
     network's own timeouts. A server that answers, even with an error, is left to the library."""
     if cached.is_file():
         return
-    import urllib.error
     import urllib.parse
-    import urllib.request
 
     host = urllib.parse.urlsplit(url).netloc or url
     where = f"the weights go to {cached.parent}; fetch {url} on a machine that is online and put it there"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT_S):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered
-    except (OSError, ValueError) as error:  # URLError, timeouts, refused connections
-        reason = getattr(error, "reason", None) or error
+    reason = _unanswered(url)
+    if reason is not None:
         raise ModelLoadError(
             f"{spec}: could not reach {host} within {HUB_TIMEOUT_S:.0f} s to download its pretrained "
             f"weights ({reason}); offline? {hint} ({where})"
-        ) from None
+        )
 
 
 @contextmanager
