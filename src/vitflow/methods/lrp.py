@@ -111,8 +111,9 @@ def cp_lrp(adapter: Adapter) -> Iterator[None]:
             if isinstance(module, nn.MultiheadAttention):
                 handles.append(module.register_forward_pre_hook(_detach_query_key, with_kwargs=True))
             else:  # after the LayerNorm hooks (qk-norm models): the query and key leave detached
-                handles += [module.q_norm.register_forward_hook(_detach),
-                            module.k_norm.register_forward_hook(_detach)]  # fmt: skip
+                for norm in (module.q_norm, module.k_norm):
+                    assert isinstance(norm, nn.Module)  # check_cp_lrp: timm's Attention
+                    handles.append(norm.register_forward_hook(_detach))
         yield
     finally:
         for handle in handles:
