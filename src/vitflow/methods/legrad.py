@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitflow.adapters import resolve_adapter
 from vitflow.adapters.base import split_heads
 from vitflow.core.maps import minmax
 from vitflow.explainer.capture import Capture
@@ -75,8 +76,8 @@ def legrad(
 ) -> torch.Tensor:
     """``(B, h, w)`` LeGrad maps in [0, 1], the blocks from ``layer_index`` on (0: all of them)."""
     relevance = legrad_relevance(model, x, target, adapter)
-    with Capture(model, adapter=adapter) as capture:
-        prefix, grid = capture.adapter.prefix_tokens(), capture.adapter.grid((x.shape[-2], x.shape[-1]))
+    resolved = resolve_adapter(model, adapter)
+    prefix, grid = resolved.prefix_tokens(), resolved.grid((x.shape[-2], x.shape[-1]))
     blocks = relevance.shape[1]
     start = layer_index if layer_index >= 0 else max(blocks + layer_index, 0)
     patches = relevance[:, start:].sum(dim=1)[:, prefix:]

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from vitflow.adapters import Adapter
+from vitflow.adapters import Adapter, resolve_adapter
 from vitflow.explainer.capture import Capture
 from vitflow.explainer.daam import DAAM
 from vitflow.methods.inputs import MethodInputs
@@ -150,8 +150,8 @@ def attnlrp(
 ) -> torch.Tensor:
     """``(B, h, w)`` the patch tokens' CP-LRP relevance (signed)."""
     tokens, _ = attnlrp_relevance(model, x, target, adapter)
-    with Capture(model, adapter=adapter) as capture:
-        prefix, grid = capture.adapter.prefix_tokens(), capture.adapter.grid((x.shape[-2], x.shape[-1]))
+    resolved = resolve_adapter(model, adapter)
+    prefix, grid = resolved.prefix_tokens(), resolved.grid((x.shape[-2], x.shape[-1]))
     return tokens[:, prefix:].reshape(len(x), *grid)
 
 
