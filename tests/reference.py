@@ -23,6 +23,8 @@ class Reference:
     attention: list[torch.Tensor] | None = None  # (B, H, N, N) per block, explicit softmax
     attention_grad: list[torch.Tensor] | None = None  # dY/dA per block, by autograd
     token_relevance: torch.Tensor | None = None  # (B, N) CP-LRP input x gradient entering block 1
+    block_inputs: list[torch.Tensor] | None = None  # (B, N, C) the residual stream entering each block
+    written: list[torch.Tensor] | None = None  # (B, N, C) W_o v_j: each token's value, projected
 
 
 def _layer_norm(module, x, cp_lrp):
@@ -64,9 +66,10 @@ def reference_daam(
             return block.mlp(t)
         return block.mlp.fc2(block.mlp.norm(_gelu(block.mlp.fc1(t), True)))
 
-    zero_leaves, class_rows, values, outputs, fulls = [], [], [], [], []
+    zero_leaves, class_rows, values, outputs, fulls, block_inputs, written = [], [], [], [], [], [], []
     for blk in model.blocks:
         attn = blk.attn
+        block_inputs.append(tokens.detach())
         heads, head_dim = attn.num_heads, attn.head_dim
         h = norm(blk.norm1, tokens)
         qkv = attn.qkv(h).reshape(batch, n_tokens, 3, heads, head_dim)
@@ -85,6 +88,8 @@ def reference_daam(
         zero_leaves.append(leaf)
         class_rows.append(full[:, :, 0, :].detach())
         values.append(v.detach())
+        joined = torch.cat([v[:, head] for head in range(heads)], dim=-1)  # b n (h d), head by head
+        written.append(torch.einsum("bnc,oc->bno", joined, attn.proj.weight).detach())
         outputs.append(out[:, 0].detach())
     logits = model.forward_head(norm(model.norm, tokens))
     if score_fn is not None:
@@ -133,6 +138,8 @@ def reference_daam(
         attention=[f.detach() for f in fulls],
         attention_grad=[g.detach() for g in attention_grads] or None,
         token_relevance=token_relevance,
+        block_inputs=block_inputs,
+        written=written,
     )
 
 

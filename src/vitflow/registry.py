@@ -85,7 +85,10 @@ def register_method(name: str, *, pattern: bool = False, **info: Any) -> Callabl
     reads ``inputs.trace.input_grad``; ``full_attention=True`` when it propagates token-to-token
     attention through every block (not defined for class-attention models such as CaiT);
     ``flow=True`` when it returns its attention flow ``(B, L, h, w)`` instead, the map after every
-    block (the method's map is the last); ``display`` names a pattern in listings."""
+    block (the method's map is the last); ``lrp=True`` when it needs CP-LRP's hooks,
+    ``readout=True`` a readout of intermediate blocks, ``token_transform=True`` what each token
+    writes into the residual stream (one linear output projection); ``display`` names a pattern
+    in listings."""
     return METHODS.register(name, pattern=pattern, **info)
 
 

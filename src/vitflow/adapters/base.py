@@ -149,6 +149,11 @@ class AttentionSite(ABC):
     def install(self, record: BlockRecord) -> list[torch.utils.hooks.RemovableHandle]:
         """Register hooks on the model that fill ``record``; return every handle."""
 
+    def output_projection(self) -> nn.Linear | None:
+        """The linear map from the attention output (heads concatenated) to the residual stream,
+        when it is one ``nn.Linear`` applied to each token alone; else ``None``."""
+        return None
+
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """``(B, N, H*d)`` -> ``(B, H, N, d)``."""
@@ -185,6 +190,9 @@ class ProjectionSite(AttentionSite):
     @property
     def scale(self) -> float:
         return float(self._scale)
+
+    def output_projection(self) -> nn.Linear | None:
+        return self.out if isinstance(self.out, nn.Linear) else None
 
     def install(self, record: BlockRecord) -> list[torch.utils.hooks.RemovableHandle]:
         heads = self.heads

@@ -34,6 +34,10 @@ class MultiheadAttentionSite(AttentionSite):
     def scale(self) -> float:
         return float((self.module.embed_dim // self.heads) ** -0.5)
 
+    def output_projection(self) -> nn.Linear | None:
+        out = self.module.out_proj
+        return out if isinstance(out, nn.Linear) else None
+
     def install(self, record: BlockRecord) -> list[torch.utils.hooks.RemovableHandle]:
         mha: Foreign = self.module
         heads = self.heads

@@ -62,6 +62,9 @@ class TimmAttentionSite(AttentionSite):
     def scale(self) -> float:
         return float(getattr(self.module, "scale", self.head_dim**-0.5))
 
+    def output_projection(self) -> nn.Linear | None:
+        return timm_output_projection(self.module)
+
     def install(self, record: BlockRecord) -> list[torch.utils.hooks.RemovableHandle]:
         attn = self.module
         heads, head_dim = self.heads, self.head_dim
@@ -85,6 +88,15 @@ class TimmAttentionSite(AttentionSite):
 
 # forward keyword arguments that change the attention matrix (position bias, rotation, mask)
 _ATTENTION_KWARGS = ("rope", "shared_rel_pos_bias", "shared_rel_pos", "attn_mask")
+
+
+def timm_output_projection(module: nn.Module) -> nn.Linear | None:
+    """``proj`` when nothing but it lies between the attention output and the residual stream
+    (a LayerNorm before ``proj``, as in scale-norm models, is not linear per contribution)."""
+    norm, proj = getattr(module, "norm", None), getattr(module, "proj", None)
+    if norm is not None and not isinstance(norm, nn.Identity):
+        return None
+    return proj if isinstance(proj, nn.Linear) else None
 
 
 def _needs_recompute(module: nn.Module) -> bool:
@@ -129,6 +141,9 @@ class TimmRecomputeSite(AttentionSite):
     @property
     def scale(self) -> float:
         return float(getattr(self.module, "scale", self.head_dim**-0.5))
+
+    def output_projection(self) -> nn.Linear | None:
+        return timm_output_projection(self.module)
 
     def _projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The [class] query ``(B, H, 1, d)``, keys and values ``(B, H_kv, N, d)`` before norms."""

@@ -2,8 +2,8 @@
 method is registered where it is defined (``vitflow.registry.METHODS``)."""
 
 # importing these registers the methods, in the order the tables list them: the DAAM variants
-# and the mixing-aware variants, the attention baselines (2020-2021), then LeGrad and CP-LRP
-# (with DAAM on CP-LRP's backward pass)
+# and the mixing-aware variants, the attention baselines (2020-2021), then the token-weighted
+# DAAM variants with the TokenTM-style baseline, LeGrad and CP-LRP (with DAAM on its backward)
 from vitflow.methods import daam, mixing  # noqa: F401, I001
 from vitflow.methods.attention import (
     attention_gradcam,
@@ -13,7 +13,7 @@ from vitflow.methods.attention import (
     input_x_gradient,
     raw_attention,
 )
-from vitflow.methods import legrad, lrp  # noqa: F401, E402
+from vitflow.methods import token_weighting, legrad, lrp  # noqa: F401, E402, I001
 from vitflow.methods.inputs import MethodInputs
 from vitflow.methods.trace import AttentionTrace, trace_attention
 from vitflow.registry import METHODS

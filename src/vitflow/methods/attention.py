@@ -65,12 +65,15 @@ def attention_gradcam(trace: AttentionTrace) -> torch.Tensor:
     return _patches((grad * a).clamp_min(0).mean(dim=1)[:, 0], trace)
 
 
-def generic_attention(trace: AttentionTrace) -> torch.Tensor:
+def generic_attention(trace: AttentionTrace, token_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Chefer et al. (ICCV 2021): ``R <- R + mean_h ReLU(dY/dA * A) R`` from ``R = I``; the
-    [class] row."""
+    [class] row. ``token_weights``: per block ``(B, N)`` ``w``, each attention column ``j`` weighted
+    by ``w_j`` (``mean_h ReLU(dY/dA * A * w_j)``: the TokenTM-style method)."""
     relevance = None
-    for a, grad in zip(trace.attention, trace.attention_grad, strict=True):
-        weighted = (grad * a).clamp_min(0).mean(dim=1)  # b n n
+    weights = token_weights if token_weights is not None else [None] * len(trace.attention)
+    for a, grad, w in zip(trace.attention, trace.attention_grad, weights, strict=True):
+        weighted = grad * a if w is None else grad * a * w[:, None, None, :].to(a.dtype)  # b h n n
+        weighted = weighted.clamp_min(0).mean(dim=1)  # b n n
         if relevance is None:
             relevance = torch.eye(weighted.shape[-1], dtype=weighted.dtype, device=weighted.device).expand_as(
                 weighted

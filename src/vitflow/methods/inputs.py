@@ -1,6 +1,6 @@
 """What every registered method receives: one batch, its target, and the passes methods share,
 each computed at most once (one DAAM pass for every DAAM variant, one attention trace for every
-attention method)."""
+attention method, one forward pass for the token states)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from vitflow.adapters import Adapter
 from vitflow.explainer.daam import DAAM
 from vitflow.explainer.result import DAAMResult
+from vitflow.methods.tokens import TokenStates, token_states
 from vitflow.methods.trace import AttentionTrace, trace_attention
 
 
@@ -30,3 +31,15 @@ class MethodInputs:
     @cached_property
     def trace(self) -> AttentionTrace:
         return trace_attention(self.adapter.model, self.x, self.target, self.adapter, self.input_grad)
+
+    @cached_property
+    def daam_lrp(self) -> DAAMResult:
+        """DAAM with its channel coefficients through CP-LRP's backward pass (``daam_lrp``)."""
+        from vitflow.methods.lrp import cp_lrp  # lrp registers methods, which receive these inputs
+
+        with cp_lrp(self.adapter), DAAM(self.adapter.model, adapter=self.adapter) as daam:
+            return daam(self.x, target=self.target)
+
+    @cached_property
+    def tokens(self) -> TokenStates:
+        return token_states(self.adapter, self.x, self.target)

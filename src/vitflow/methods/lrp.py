@@ -23,7 +23,6 @@ from torch import nn
 
 from vitflow.adapters import Adapter, resolve_adapter
 from vitflow.explainer.capture import Capture
-from vitflow.explainer.daam import DAAM
 from vitflow.methods.inputs import MethodInputs
 from vitflow.registry import register_method
 
@@ -164,9 +163,7 @@ def _attnlrp(inputs: MethodInputs) -> torch.Tensor:
 @register_method("daam_lrp", flow=True, lrp=True)
 def _daam_lrp(inputs: MethodInputs) -> torch.Tensor:
     """DAAM with its channel coefficients through the CP-LRP backward pass."""
-    adapter = inputs.adapter
-    with cp_lrp(adapter), DAAM(adapter.model, adapter=adapter) as daam:
-        return daam(inputs.x, target=inputs.target).maps
+    return inputs.daam_lrp.maps
 
 
 __all__ = ["attnlrp", "attnlrp_relevance", "cp_lrp", "supports_cp_lrp"]

@@ -21,6 +21,12 @@ Both read the attention trace (one forward and one backward pass, shared with ev
 baseline) and DAAM's own pass for ``U_b``; they need the N x N matrices, so they are not defined
 for class-attention models.
 
+``daam_lrp_x_rollout`` combines the two strongest signals of the per-block curves: DAAM on
+CP-LRP's backward pass (``daam_lrp``, whose relevance stays on the token's own patch) and the same
+relevance carried to the input patches by rollout mixing, the geometric mean of the two flows
+after each block, each min-max normalised: ``F_b = sqrt(minmax(Σ_{i≤b} L_i) · minmax(Σ_{i≤b}
+L̃_i))``. A patch scores high only where both agree; the product also concentrates the map.
+
 ``daam_concentration`` keeps DAAM's per-block maps but weighs each by how concentrated it is
 (one minus its normalised entropy, computed on the map itself: no masks, no labels), after
 scaling every block map to unit mass, so diffuse blocks count less.
@@ -32,6 +38,7 @@ import math
 
 import torch
 
+from vitflow.core.daam import minmax_per_map
 from vitflow.methods.inputs import MethodInputs
 from vitflow.methods.trace import AttentionTrace
 from vitflow.registry import register_method
@@ -113,3 +120,17 @@ def daam_generic(inputs: MethodInputs) -> torch.Tensor:
 def daam_concentration(inputs: MethodInputs) -> torch.Tensor:
     """DAAM with each block map weighted by its own concentration (label-free)."""
     return concentration_weighted(inputs.daam.block_maps)
+
+
+def geometric_mean_flows(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``(B, L, h, w)`` x 2 -> ``sqrt(minmax(first) · minmax(second))``, each map normalised alone."""
+    return (minmax_per_map(first) * minmax_per_map(second)).sqrt()
+
+
+@register_method("daam_lrp_x_rollout", full_attention=True, flow=True, lrp=True)
+def daam_lrp_x_rollout(inputs: MethodInputs) -> torch.Tensor:
+    """DAAM on CP-LRP's backward, agreed with its own relevance carried by rollout mixing."""
+    prefix, grid = _trace_geometry(inputs)
+    result = inputs.daam_lrp
+    carried = mixed_block_maps(result.relevance, rollout_mixing(inputs.trace), prefix, grid).cumsum(dim=1)
+    return geometric_mean_flows(result.maps, carried)

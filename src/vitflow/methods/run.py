@@ -68,6 +68,8 @@ def applicable_methods(adapter: Adapter, methods: Sequence[str]) -> tuple[list[s
          f"{name}'s class-attention blocks have no token-to-token attention to propagate"),
         ("lrp", supports_cp_lrp(adapter), f"CP-LRP's hooks do not reach {name}'s attention"),
         ("readout", adapter.has_readout(), f"vitflow cannot read {name}'s output from an intermediate block"),
+        ("token_transform", all(site.output_projection() is not None for site in adapter.sites()),
+         f"{name}'s attention output reaches the residual stream through more than one linear map"),
     )  # fmt: skip
     kept, notes = list(methods), []
     for flag, available, reason in needs:
