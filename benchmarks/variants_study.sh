@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The variants study of issue "Beyond the paper": select on stream seed 5, report on stream seed 11
-# (never looked at before the report), single- and two-object scenes.
+# The variants study of issues "Beyond the paper" and "held against the strongest of the field":
+# select on stream seed 5, report on stream seed 11 (never looked at before the report), single-
+# and two-object scenes, every registered method.
 #
-# Demo ViT (trained on seed 1, validated on seeds 2 and 3; about 25 min on 2 CPU cores):
+# Demo ViT (trained on seed 1, validated on seeds 2 and 3; about 30 min on 2 CPU cores):
 #   bash benchmarks/variants_study.sh OUT                 # then: python benchmarks/variants_summary.py OUT
 # Real weights (DINOv2-S/14 with a head fitted on frozen features, objects pasted on photographs;
 # benchmarks/real_study.py writes the model and the three scene folders first; minutes on a GPU):
@@ -16,17 +17,17 @@ vitflow() { ${VITFLOW:-command vitflow} "$@"; }
 OUT=${1:-runs/variants_study}
 shift || true
 mkdir -p "$OUT"
-VARIANTS=daam,daam_rollout,daam_generic,daam_concentration
+VARIANTS=daam,daam_rollout,daam_generic,daam_concentration,daam_isolated,daam_transform,daam_lrp,daam_lrp_x_rollout
 METRICS=pointing_game,energy,perturbation_pos,insertion
 [ -f "$OUT/select/boxes.json" ] || vitflow scenes --out "$OUT/select" --n 60 --seed 5 >/dev/null
 [ -f "$OUT/heldout/boxes.json" ] || vitflow scenes --out "$OUT/heldout" --n 100 --seed 11 >/dev/null
 [ -f "$OUT/heldout2/boxes.json" ] || vitflow scenes --out "$OUT/heldout2" --n 60 --seed 11 --objects 2 >/dev/null
 # 1. choose on the selection split: the variants, DAAM accumulated from each later block K (FROM:
-#    the candidates, 2..L for a model of L blocks), and the strongest baseline
+#    the candidates, 2..L for a model of L blocks), and the strongest baselines
 FROM=${FROM:-2,3,4,5,6}
 CANDIDATES=$(echo "$FROM" | tr ',' '\n' | sed 's/^/daam_from_/' | paste -sd, -)
 vitflow evaluate --data "$OUT/select" --out "$OUT/eval_select" \
-    --methods "$VARIANTS,$CANDIDATES,generic_attention" --metrics "$METRICS" --per-block-metrics "" --quiet "$@"
+    --methods "$VARIANTS,$CANDIDATES,generic_attention,rollout,attnlrp" --metrics "$METRICS" --per-block-metrics "" --quiet "$@"
 # the start block with the best mean rank over the four metrics on the selection split
 CHOSEN=$(${PYTHON:-python} - "$OUT/eval_select/results.json" "$CANDIDATES" <<'PY'
 import json, sys
