@@ -11,6 +11,7 @@ import torch
 from vitflow.adapters import Adapter
 from vitflow.explainer.daam import DAAM
 from vitflow.explainer.result import DAAMResult
+from vitflow.methods.cp_lrp import cp_lrp
 from vitflow.methods.tokens import TokenStates, token_states
 from vitflow.methods.trace import AttentionTrace, trace_attention
 
@@ -35,8 +36,6 @@ class MethodInputs:
     @cached_property
     def daam_lrp(self) -> DAAMResult:
         """DAAM with its channel coefficients through CP-LRP's backward pass (``daam_lrp``)."""
-        from vitflow.methods.lrp import cp_lrp  # lrp registers methods, which receive these inputs
-
         with cp_lrp(self.adapter), DAAM(self.adapter.model, adapter=self.adapter) as daam:
             return daam(self.x, target=self.target)
 

@@ -60,7 +60,7 @@ def is_flow_method(name: str) -> bool:
 
 def applicable_methods(adapter: Adapter, methods: Sequence[str]) -> tuple[list[str], list[str]]:
     """The methods that are defined for the adapter's model, and a note on any left out."""
-    from vitflow.methods.lrp import supports_cp_lrp
+    from vitflow.methods.cp_lrp import supports_cp_lrp
 
     name = type(adapter.model).__name__
     needs = (  # a method registered with the flag needs what the model may not have
