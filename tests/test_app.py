@@ -155,9 +155,10 @@ def test_app_in_headless_chromium(files, tmp_path):
         wait = WebDriverWait(driver, 90)
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
         # before any upload: the block slider spans the demo ViT's 6 blocks, the map weight is the CLI's
-        slider = driver.find_element(By.CSS_SELECTOR, "#block input[type=range]")
+        # (the page renders in parts: wait for each element, not only the first one)
+        slider = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#block input[type=range]"))
         assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("1", "6")
-        weight = driver.find_element(By.CSS_SELECTOR, "#opacity input[type=range]")
+        weight = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#opacity input[type=range]"))
         assert weight.get_attribute("value") == "0.4"
         # the examples are thumbnails (the three held-out scenes), not text chips
         thumbs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples img") or None)
@@ -184,7 +185,7 @@ def test_app_in_headless_chromium(files, tmp_path):
         wait.until(lambda d: daam_src())
         first = daam_src()
         np.testing.assert_array_equal(_fetch(first), _expected(files / "scene.png", 6))
-        assert "Explained" in driver.find_element(By.ID, "status").text
+        wait.until(lambda d: "Explained" in d.find_element(By.ID, "status").text)
         # move the block slider to 2: the picture changes to the library's block-2 picture
         slider = driver.find_element(By.CSS_SELECTOR, "#block input[type=range]")
         driver.execute_script(
