@@ -114,6 +114,17 @@ def test_overlay_is_the_blend_in_the_box_and_the_dimmed_photo_outside(cmap, alph
         mixed = t * mixed + (1 - t) * photo
     expected = np.where(display.inside()[..., None], np.clip(mixed, 0, 255), DIM * photo.astype(np.float64))
     assert np.abs(picture - expected).max() <= 0.5 + 1e-4  # rounded; float32 arithmetic
+    # byte for byte the float32 sum formed per pixel (what the viewer's JavaScript does)
+    lut = np.float32(alpha) * colormap_lut_uint8(cmap).astype(np.float32)
+    base = photo.astype(np.float32)
+    if blend == "fade":
+        fade = np.arange(256, dtype=np.float32) / np.float32(255)
+        weight = np.float32(1) + fade * (np.float32(image_weight) - np.float32(1))
+        per_pixel = (fade[:, None] * lut)[heat] + weight[heat][..., None] * base
+    else:
+        per_pixel = lut[heat] + np.float32(image_weight) * base
+    per_pixel = np.where(display.inside()[..., None], np.clip(per_pixel, 0, 255), base * np.float32(DIM))
+    np.testing.assert_array_equal(picture, np.round(per_pixel).astype(np.uint8))
     assert display.inside()[0, 11:71].all() and not display.inside()[:, :11].any()  # it reaches out the top
 
 
@@ -141,3 +152,49 @@ def test_explain_draws_on_the_original_or_the_crop(tmp_path):
                  "--display-size", "200", "--quiet"]) == 0  # fmt: skip
     manifest = json.loads((tmp_path / "b" / "wide" / "manifest.json").read_text())
     assert manifest["render"]["on"] == "crop" and manifest["render"]["display_size"] == [200, 200]
+
+
+@pytest.mark.parametrize("config", [
+    dict(crop_pct=0.9, interpolation="bicubic"), dict(crop_pct=1.0, interpolation="bilinear"),
+    dict(crop_pct=0.875, interpolation="bicubic", input_size=(3, 160, 160)),
+])  # fmt: skip
+def test_the_box_from_the_sizes_equals_the_probed_one(config):
+    """``composed_box`` reads a torchvision Resize + CenterCrop from its sizes; the probe (a ramp
+    image through the real transform, fitted) finds the same rectangle, for portrait, landscape,
+    square, odd and tiny originals."""
+    from timm.data import create_transform
+
+    from vitflow.render.placement import composed_box
+
+    full = {"input_size": (3, 224, 224), "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3), **config}
+    transform = create_transform(**full, is_training=False)
+    for size in [(480, 640), (640, 480), (300, 300), (1201, 517), (97, 1603), (225, 231), (40, 30)]:
+        box = composed_box(transform, size)
+        probed = crop_box(transform, full["mean"], full["std"], size)
+        assert box is not None and probed is not None
+        # the probe's ramp has 255 levels: its fit is good to a fraction of one ramp step
+        tolerance = max(size) / 255 / 2
+        for field in ("top", "left", "height", "width"):
+            assert getattr(box, field) == pytest.approx(getattr(probed, field), abs=tolerance), (size, field)
+
+
+def test_the_box_from_the_sizes_by_hand_and_what_is_left_to_the_probe():
+    from torchvision import transforms as tv
+
+    from vitflow.render.placement import composed_box
+
+    def fields(box):
+        return (box.top, box.left, box.height, box.width)
+
+    # what the box is read from: a transform it does not know, or a crop larger than the image
+    # (torchvision pads it), is probed instead
+    assert composed_box(lambda image: image, (100, 100)) is None
+    assert composed_box(tv.Compose([tv.Resize(64), tv.RandomCrop(32), tv.ToTensor()]), (100, 100)) is None
+    assert composed_box(tv.Compose([tv.CenterCrop(224), tv.ToTensor()]), (100, 300)) is None
+    assert composed_box(tv.Compose([tv.Resize(64, max_size=80), tv.ToTensor()]), (100, 300)) is None
+    # by hand: 480 x 640 resized to a short side of 248 is 248 x 330 (330.67 truncated), and the
+    # 224 x 224 centre of that starts at row 12, column 53 (106 / 2)
+    hand = composed_box(tv.Compose([tv.Resize(248), tv.CenterCrop(224), tv.ToTensor()]), (480, 640))
+    assert fields(hand) == pytest.approx((12 * 480 / 248, 53 * 640 / 330, 224 * 480 / 248, 224 * 640 / 330))
+    exact = composed_box(tv.Compose([tv.Resize((50, 80)), tv.CenterCrop(40), tv.ToTensor()]), (100, 400))
+    assert fields(exact) == pytest.approx((5 * 2.0, 20 * 5.0, 40 * 2.0, 40 * 5.0))  # 50 x 80, centre 40 x 40

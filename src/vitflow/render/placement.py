@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -84,10 +84,61 @@ def crop_box(
     return Box(float(top), float(left), float(scale_y * out.shape[1]), float(scale_x * out.shape[2]))
 
 
+#: steps of a torchvision ``Compose`` that change values but not geometry
+_PER_PIXEL = frozenset({"ToTensor", "MaybeToTensor", "PILToTensor", "ConvertImageDtype", "Normalize",
+                        "ToImage", "ToDtype"})  # fmt: skip
+
+
+def _resized(size: int | Sequence[int], height: int, width: int) -> tuple[int, int] | None:
+    """torchvision ``Resize``'s output ``(H, W)`` (one number: the short side, the long one
+    truncated as torchvision does; two: both)."""
+    sizes = [int(v) for v in size] if isinstance(size, Sequence) else [int(size)]
+    if len(sizes) == 2:
+        return sizes[0], sizes[1]
+    if len(sizes) != 1:
+        return None
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = sizes[0], int(sizes[0] * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def composed_box(transform: object, size: tuple[int, int]) -> Box | None:
+    """``crop_box`` without transforming anything, for a torchvision ``Compose`` of ``Resize``,
+    ``CenterCrop`` and per-pixel steps (timm's evaluation transform): the rectangle follows from
+    the sizes alone. ``None`` for any other transform (then it is probed)."""
+    from torchvision import transforms as tv
+
+    steps = getattr(transform, "transforms", None)
+    if type(transform) is not tv.Compose or not steps:
+        return None
+    height, width = size
+    top, left, scale_y, scale_x = 0.0, 0.0, 1.0, 1.0  # original = corner + scale * current
+    for step in steps:
+        if type(step) is tv.Resize:
+            if step.max_size is not None:
+                return None
+            new = _resized(step.size, height, width)
+            if new is None:
+                return None
+            scale_y, scale_x = scale_y * height / new[0], scale_x * width / new[1]
+            height, width = new
+        elif type(step) is tv.CenterCrop:
+            crop_h, crop_w = (int(v) for v in step.size)
+            if crop_h > height or crop_w > width:  # padded first: probe it
+                return None
+            crop_top, crop_left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+            top, left = top + scale_y * crop_top, left + scale_x * crop_left
+            height, width = crop_h, crop_w
+        elif type(step).__name__ not in _PER_PIXEL:
+            return None
+    return Box(top, left, scale_y * height, scale_x * width)
+
+
 class CropBoxes:
-    """``crop_box`` for one preprocessing, probed once per original size and shared by threads
-    (the pipeline's writers, the app's requests): probing transforms an image as large as the
-    photo."""
+    """``crop_box`` for one preprocessing, shared by threads (the pipeline's writers, the app's
+    requests): from the sizes alone where the transform is a resize-and-crop ``composed_box``
+    reads (nothing kept), else probed once per original size and kept (probing transforms an
+    image as large as the photo)."""
 
     def __init__(self, preprocessing) -> None:
         import threading
@@ -96,9 +147,12 @@ class CropBoxes:
         self._boxes: dict[tuple, Box | None] = {}
 
     def box(self, height: int, width: int) -> Box | None:
+        pre = self.preprocessing
+        box = composed_box(pre.transform, (height, width))  # from the sizes: microseconds
+        if box is not None:
+            return box
         with self._lock:
             if (height, width) not in self._boxes:
-                pre = self.preprocessing
                 self._boxes[(height, width)] = crop_box(pre, pre.mean, pre.std, (height, width))
             return self._boxes[(height, width)]
 
@@ -224,31 +278,35 @@ class Display:
         where the map is low (``blend="fade"``; ``"paper"``: not faded, see ``render.overlay.BLENDS``);
         the photo dimmed to ``dim`` elsewhere. ``heat``: ``(H, W)`` uint8 from ``heat``.
 
-        The same float32 arithmetic as written, arranged for speed (an overlay per frame is most of
-        a bundle's cost): ``alpha * cmap`` is a 256-row table looked up once per pixel, the
-        image's float copy is made once per picture, and the sums happen in place."""
-        base = self._float_image
+        The same float32 arithmetic as written, done once per (heat level, pixel value) pair
+        instead of once per pixel (an overlay per frame is most of a bundle's cost): every output
+        value is a function of the heat level and the photo's value in that channel, so the
+        picture is three lookups in ``(256 * 256,)`` uint8 tables, byte for byte the per-pixel
+        result."""
         heat = uint8_heatmap(heat)
-        if check_blend(blend) == "fade":  # t * alpha * cmap + (1 + t * (image_weight - 1)) * image
-            colour, weight = _faded_luts(cmap, alpha, image_weight)
-            mixed = np.take(colour, heat, axis=0)  # h w 3, float32
-            mixed += weight[heat][..., None] * base
-        else:
-            mixed = np.take(_weighted_lut(cmap, alpha), heat, axis=0)
-            mixed += image_weight * base
-        np.clip(mixed, 0, 255, out=mixed)
-        inside = self._inside
-        if not inside.all():
-            mixed = np.where(inside[..., None], mixed, base * dim)
-        return np.round(mixed, out=mixed).astype(np.uint8)
-
-    @cached_property
-    def _float_image(self) -> np.ndarray:
-        return self.image.astype(np.float32)
-
-    @cached_property
-    def _inside(self) -> np.ndarray:
-        return self.inside()
+        if heat.shape != self.size:
+            raise ValueError(f"heat must be {self.size} (the picture's size), got {heat.shape}")
+        table = _blend_table(cmap, float(alpha), float(image_weight), check_blend(blend))
+        image = self.image
+        top, left, bottom, right = self.box_pixels()
+        rows = slice(max(top, 0), max(bottom, 0))
+        cols = slice(max(left, 0), max(right, 0))
+        out = np.empty_like(image)
+        height, width = self.size
+        dimmed = _dim_table(float(dim))
+        # outside the crop: the photo dimmed (the bands above, below, left and right of the box)
+        for band in ((slice(0, rows.start), slice(None)), (slice(rows.stop, height), slice(None)),
+                     (rows, slice(0, cols.start)), (rows, slice(cols.stop, width))):  # fmt: skip
+            out[band] = np.take(dimmed, image[band])
+        inner, target = image[rows, cols], out[rows, cols]
+        if inner.size:
+            shifted = heat[rows, cols].astype(np.uint16) << 8
+            index = np.empty(shifted.shape, np.uint16)
+            channel_out = np.empty(shifted.shape, np.uint8)
+            for channel in range(3):  # table index heat * 256 + value, one channel at a time
+                np.bitwise_or(shifted, inner[..., channel], out=index)
+                target[..., channel] = np.take(table[channel], index, out=channel_out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -261,11 +319,16 @@ class Shown:
 
     @classmethod
     def of(cls, original, size: int | None = None) -> Shown:
-        rgb = image_to_uint8(original)
-        shape = display_size(rgb.shape[:2], size)
-        if shape != rgb.shape[:2]:
-            rgb = np.asarray(Image.fromarray(rgb).resize(shape[::-1], Image.Resampling.BICUBIC))
-        return cls(rgb, original_size(original))
+        if isinstance(original, Image.Image):  # resized as it is: no full-size copies on the way
+            picture = original if original.mode == "RGB" else original.convert("RGB")
+        else:
+            picture = Image.fromarray(image_to_uint8(original))
+        shape = display_size((picture.height, picture.width), size)
+        if shape != (picture.height, picture.width):  # reduced: bilinear (antialiased, 40% faster)
+            reducing = shape[0] < picture.height
+            resample = Image.Resampling.BILINEAR if reducing else Image.Resampling.BICUBIC
+            picture = picture.resize(shape[::-1], resample)
+        return cls(np.asarray(picture), original_size(original))
 
 
 class ShownCopies:
@@ -293,6 +356,29 @@ def _faded_luts(cmap: str, alpha: float, image_weight: float) -> tuple[np.ndarra
     ``(256,)``, ``t = heat / 255``."""
     weight = np.float32(1) + FADE * (np.float32(image_weight) - np.float32(1))
     return FADE[:, None] * _weighted_lut(cmap, alpha), weight
+
+
+@lru_cache(maxsize=32)
+def _blend_table(cmap: str, alpha: float, image_weight: float, blend: str) -> np.ndarray:
+    """``(3, 256 * 256)`` uint8: ``[c, heat * 256 + value]`` is the overlay's channel ``c`` at that
+    heat level over a photo value ``value``, formed in float32 exactly as the per-pixel sum was
+    (colour table plus weight times value, clipped to [0, 255], rounded half to even)."""
+    values = np.arange(256, dtype=np.float32)
+    if blend == "fade":  # t * alpha * cmap + (1 + t * (image_weight - 1)) * image
+        colour, weight = _faded_luts(cmap, alpha, image_weight)
+    else:
+        colour, weight = _weighted_lut(cmap, alpha), np.full(256, image_weight, dtype=np.float32)
+    mixed = colour.T[:, :, None] + (weight[:, None] * values)[None]  # (3, heat, value)
+    np.clip(mixed, 0, 255, out=mixed)
+    return np.round(mixed, out=mixed).astype(np.uint8).reshape(3, 256 * 256)
+
+
+@lru_cache(maxsize=8)
+def _dim_table(dim: float) -> np.ndarray:
+    """``(256,)`` uint8: a photo value outside the crop, dimmed to ``dim`` (float32, rounded half to
+    even, clipped to [0, 255])."""
+    dimmed = np.arange(256, dtype=np.float32) * np.float32(dim)
+    return np.round(np.clip(dimmed, 0, 255)).astype(np.uint8)
 
 
 def original_size(image) -> tuple[int, int]:
