@@ -24,7 +24,7 @@ from vitflow.app import AppError, Session  # noqa: E402
 from vitflow.data.scenes import CLASS_NAMES, generate_scene  # noqa: E402
 from vitflow.models import LoadedModel  # noqa: E402
 from vitflow.models.demo import NAME, load_demo_model  # noqa: E402
-from vitflow.render.placement import Display, crop_box  # noqa: E402
+from vitflow.render.placement import CropBoxes, Display  # noqa: E402
 
 
 def _expected(path, block, opacity=0.4, kind="accumulated"):
@@ -34,7 +34,7 @@ def _expected(path, block, opacity=0.4, kind="accumulated"):
     image = Image.open(path).convert("RGB")
     with DAAM(model) as daam:
         result = daam(pre(image)[None])
-    display = Display.of_original(image, crop_box(pre, pre.mean, pre.std, (image.height, image.width)))
+    display = Display.of_original(image, CropBoxes(pre).box(image.height, image.width))
     heat = display.heat(result.maps[0]) if kind == "accumulated" else display.block_heat(result.block_maps[0])
     return display.overlay(heat[block - 1], alpha=opacity, image_weight=0.8)  # the command line's weights
 
