@@ -204,11 +204,15 @@ class Display:
         top, left = round(b.top), round(b.left)
         return top, left, top + max(1, round(b.height)), left + max(1, round(b.width))
 
+    def inside_slices(self) -> tuple[slice, slice]:
+        """``(rows, cols)``: the pixels the model saw, as slices of the picture."""
+        top, left, bottom, right = self.box_pixels()
+        return slice(max(top, 0), max(bottom, 0)), slice(max(left, 0), max(right, 0))
+
     def inside(self) -> np.ndarray:
         """``(H, W)`` bool: the pixels the model saw."""
-        top, left, bottom, right = self.box_pixels()
         mask = np.zeros(self.size, dtype=bool)
-        mask[max(top, 0) : max(bottom, 0), max(left, 0) : max(right, 0)] = True
+        mask[self.inside_slices()] = True
         return mask
 
     def place(self, heat: np.ndarray) -> np.ndarray:
@@ -288,9 +292,7 @@ class Display:
             raise ValueError(f"heat must be {self.size} (the picture's size), got {heat.shape}")
         table = _blend_table(cmap, float(alpha), float(image_weight), check_blend(blend))
         image = self.image
-        top, left, bottom, right = self.box_pixels()
-        rows = slice(max(top, 0), max(bottom, 0))
-        cols = slice(max(left, 0), max(right, 0))
+        rows, cols = self.inside_slices()
         out = np.empty_like(image)
         height, width = self.size
         dimmed = _dim_table(float(dim))
