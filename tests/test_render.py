@@ -161,3 +161,40 @@ def test_gif_gradients_do_not_band_and_still_parts_stay_still():
     assert still.mean() > 0.2  # the photo, untouched where every map is zero
     for d in decoded[1:]:
         assert (d[still] == decoded[0][still]).all()
+
+
+def _label_drawn_in_place(frame: np.ndarray, text: str):
+    """The label as it was drawn before it was cached: laid out and rendered on the frame itself."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(10, min(image.height, image.width) // 22))
+    room = image.width - 8
+    if draw.textlength(text, font=font) > room:
+        while text and draw.textlength(text + "…", font=font) > room:
+            text = text[:-1]
+        text = text + "…"
+    left, top, right, bottom = draw.textbbox((4, 2), text, font=font)
+    draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 255), font=font)
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (683, 1024), (1024, 640), (40, 300), (24, 60), (12, 12)])
+def test_a_pasted_label_equals_the_one_drawn_on_the_frame(shape):
+    from vitflow.render import label_frame
+
+    rng = np.random.default_rng(sum(shape))
+    long = "block 12/12  " + "a very long class name " * 6
+    texts = ["block 6/6  checkered arrow  (sigmoid)", long, "", "é ü …"]
+    for text in texts:
+        frame = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        kept = frame.copy()
+        for _ in range(2):  # drawn, then from the cache
+            labelled = np.asarray(label_frame(frame, text))
+            np.testing.assert_array_equal(labelled, _label_drawn_in_place(frame, text))
+        np.testing.assert_array_equal(frame, kept)  # the frame given is not drawn on
+        assert (labelled[:2, :2] == 0).all()  # the box's corner
+        if shape[0] >= 40:  # below the box, the frame as it was
+            np.testing.assert_array_equal(labelled[-1], frame[-1])
