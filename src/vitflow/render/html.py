@@ -19,6 +19,7 @@ import base64
 import html
 import io
 import json
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -45,6 +46,14 @@ def _floats(maps) -> str:
     """``(L, h, w)`` maps as base64 little-endian float32 (what the library's maps are)."""
     array = np.ascontiguousarray(maps.detach().cpu() if hasattr(maps, "detach") else maps, dtype="<f4")
     return "data:application/octet-stream;base64," + base64.b64encode(array.tobytes()).decode("ascii")
+
+
+@lru_cache(maxsize=8)
+def _tables(first: str) -> tuple[tuple[str, ...], str]:
+    """The colormaps a viewer offers and the JSON members of its tables (``"luts": ..., "fade":
+    ...``), written once per first colormap: serialising them cost a third of a viewer."""
+    luts = _luts(first)
+    return tuple(luts), json.dumps({"luts": luts, "fade": FADE.tolist()})[1:-1]
 
 
 def _luts(first: str) -> dict[str, list[list[int]]]:
@@ -321,14 +330,13 @@ def viewer_html(
         raise ValueError(f"maps and block_maps must both be one image's (L, h, w), got {shapes}")
     raw_maps, raw_blocks = (np.asarray(m.detach().cpu() if hasattr(m, "detach") else m, np.float64)
                             for m in (maps, block_maps))  # fmt: skip
-    luts = _luts(cmap)
+    colormaps, tables = _tables(cmap)
     data = {
         "photo": _jpeg_data_uri(display.image),
         "width": width, "height": height, "blocks": len(raw_maps), "grid": grid,
         "box": list(display.box_pixels()),
         "maps": _floats(maps), "block_maps": _floats(block_maps),
-        "dim": DIM, "image_weight": image_weight, "fade": FADE.tolist(),
-        "luts": luts, "target": target, "frame_ms": frame_ms,
+        "dim": DIM, "image_weight": image_weight, "target": target, "frame_ms": frame_ms,
         "stats": {
             "map_max": raw_maps.reshape(len(raw_maps), -1).max(1).tolist(),
             "block_max": raw_blocks.reshape(len(raw_blocks), -1).max(1).tolist(),
@@ -347,10 +355,10 @@ def viewer_html(
         "__L__": str(len(raw_maps)),
         "__ALPHA__": str(alpha),
         "__MODE_OPTIONS__": _options(MODES, mode),
-        "__CMAP_OPTIONS__": _options(luts, cmap),
+        "__CMAP_OPTIONS__": _options(colormaps, cmap),
         "__BLEND_OPTIONS__": _options(BLENDS, check_blend(blend)),
         "__TOP5__": rows,
-        "__DATA__": json.dumps(data).replace("</", "<\\/"),
+        "__DATA__": (json.dumps(data)[:-1] + ", " + tables + "}").replace("</", "<\\/"),
     }.items():
         page = page.replace(key, value)
     return page
