@@ -152,6 +152,7 @@ def write_bundle(
     options: RenderOptions = RenderOptions(),
     original: Image.Image | np.ndarray | None = None,
     box: Box | None = None,
+    durable: bool = True,
 ) -> dict:
     """Write one image's explanation into ``out_dir``; returns the manifest. The folder appears
     whole or not at all (``atomic_dir``): filled beside it, then renamed.
@@ -164,15 +165,19 @@ def write_bundle(
         original: the photo the input was made from; with ``box`` (where the model's crop lies
             in it, ``crop_box``) and ``options.on == "original"``,
             overlays, GIF, MP4, figure and viewer are drawn on it. Otherwise on the crop.
+        durable: the manifest on the disk before the folder is renamed into place (``fsync``);
+            ``False`` where the caller makes its writes durable together (``explain_files``
+            syncs each chunk's outputs before it records the chunk done).
     """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, last="manifest.json") as staging:
-        return _write_files(staging, out_dir.name, image, result, metadata, names, options, original, box)
+        return _write_files(staging, out_dir.name, image, result, metadata, names, options, original, box,
+                            durable)  # fmt: skip
 
 
 def _write_files(
     out_dir: Path, title: str, image: np.ndarray, result: DAAMResult, metadata: dict, names: list[str] | None,
-    options: RenderOptions, original: Image.Image | np.ndarray | None, box: Box | None,
+    options: RenderOptions, original: Image.Image | np.ndarray | None, box: Box | None, durable: bool,
 ) -> dict:  # fmt: skip
     on_original = options.on == "original" and original is not None and box is not None
     if on_original:
@@ -251,5 +256,5 @@ def _write_files(
         "cmap": options.cmap,
         "blend": options.blend,
     }
-    write_json_atomic(out_dir / "manifest.json", manifest)
+    write_json_atomic(out_dir / "manifest.json", manifest, durable=durable)
     return manifest

@@ -3,8 +3,9 @@
 Files (and folders, walked for images) are decoded in ``DataLoader`` workers, explained in batches,
 and each image's bundle is written atomically into its own folder by a pool of writer threads
 while the next batch runs through the model. An image that cannot be read or written is reported
-in one line and the run goes on. The batches are grouped in chunks: a finished chunk is recorded
-in ``OUT/.vitflow/``, so a rerun resumes, and under ``torchrun`` each rank takes its share of the
+in one line and the run goes on. The batches are grouped in chunks: a finished chunk's files are
+synced to the disk together (``sync_all``; not one ``fsync`` per image) and the chunk is then
+recorded in ``OUT/.vitflow/``, so a rerun resumes, and under ``torchrun`` each rank takes its share of the
 chunks (``vitflow.runs.distributed``). The raw maps of each chunk are kept as a safetensors shard
 (``OUT/maps/``, read back with ``vitflow.load_maps``; ``save_maps=None`` leaves them out).
 """
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from vitflow.adapters import Adapter
-from vitflow.atomic import write_bytes_atomic, write_json_atomic
+from vitflow.atomic import CAN_SYNC_ALL, sync_all, write_bytes_atomic, write_json_atomic
 from vitflow.core.daam import Rho
 from vitflow.data.images import MAX_PIXELS, collect_images
 from vitflow.data.loader import ImageFiles, batches, default_writers
@@ -308,7 +309,8 @@ def explain_files(
                 def write(folder=folder, pixels=batch.x[k], one=result[k], fields_k=fields_k,
                           original=original, box=box):  # fmt: skip
                     crop = preprocessing.to_image(pixels)
-                    return write_bundle(folder, crop, one, fields_k, names, options, original, box)
+                    return write_bundle(folder, crop, one, fields_k, names, options, original, box,
+                                        durable=not CAN_SYNC_ALL)  # fmt: skip
 
                 def handle(outcome, path=path, folder=folder, entry=entry) -> None:
                     bar.update(1)
@@ -338,6 +340,8 @@ def explain_files(
                  "normalize_blocks": normalize_blocks},
                 MAP_DTYPES[save_maps],
             )  # fmt: skip
+        if CAN_SYNC_ALL:  # the chunk's bundles and shard on the disk before the record says it is done
+            sync_all(out)
         record = {"rank": group.rank, "world_size": group.world_size, "explained": explained}
         write_json_atomic(ledger.path(chunk, ".json"), {**record, "failures": failures})
         return sum(len(b) for b in plan[chunk])
