@@ -85,9 +85,24 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Tru
     return Path(path)
 
 
+def write_staged(path: str | os.PathLike, data: bytes, durable: bool = False) -> Path:
+    """``data`` into a new file of a folder no reader sees yet (an ``atomic_dir`` staging folder,
+    renamed into place whole): a plain write, with no temporary file and rename of its own."""
+    with open(path, "xb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(path)
+
+
+def json_bytes(payload: object) -> bytes:
+    """What ``write_json_atomic`` writes: indented, no NaN, a final newline."""
+    return (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode()
+
+
 def write_json_atomic(path: str | os.PathLike, payload: object, durable: bool = True) -> Path:
-    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-    return write_bytes_atomic(path, text.encode(), durable=durable)
+    return write_bytes_atomic(path, json_bytes(payload), durable=durable)
 
 
 #: whether ``sync_all`` can make a folder's writes durable at once (not on Windows)

@@ -7,8 +7,8 @@ go to the run's map shards (``vitflow.outputs.maps``). On request: ``flow.gif`` 
 ``GIF_SIZE`` pixels on its long side, one palette for all its frames; it costs three times the
 rest of the bundle), ``input.png`` and every block's overlay (``blocks``), MP4, figures.
 
-Every file is written atomically; ``manifest.json`` is written last, so its presence means the
-folder is complete.
+The folder is filled beside its place and renamed into it whole (``atomic_dir``); ``manifest.json``
+is written last, so its presence means the folder is complete.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitflow.atomic import atomic_dir, write_bytes_atomic, write_json_atomic
+from vitflow.atomic import atomic_dir, json_bytes, write_staged
 from vitflow.explainer.result import DAAMResult
 from vitflow.render import encode_gif, label_frame, viewer_html
 from vitflow.render.figure import flow_figure, save_figure
@@ -204,7 +204,7 @@ def _write_files(
     frames: list[Image.Image] = []  # every block's labelled frame at the display size
     block_files: list[str] = []
     if options.blocks:
-        write_bytes_atomic(out_dir / "input.png", _png(image), durable=False)
+        write_staged(out_dir / "input.png", _png(image))
         files.update(input="input.png", blocks=block_files)
     width = max(2, math.ceil(math.log10(result.num_blocks + 1)))
     for k, block_heat in enumerate(heat):
@@ -212,13 +212,13 @@ def _write_files(
         labelled = label_frame(picture(display, block_heat), caption(b))
         if options.blocks:
             name = f"block_{b + 1:0{width}d}.png"
-            write_bytes_atomic(out_dir / name, _png(np.asarray(labelled)), durable=False)
+            write_staged(out_dir / name, _png(np.asarray(labelled)))
             block_files.append(name)
             manifest["blocks"][b]["file"] = name
         if every:
             frames.append(labelled)
     final = frames[-1] if every else labelled
-    write_bytes_atomic(out_dir / "final.jpg", _jpeg(final), durable=False)
+    write_staged(out_dir / "final.jpg", _jpeg(final))
     if options.gif:
         small = display.scaled(options.gif_size or GIF_SIZE)
         if every and small.size == display.size:
@@ -227,7 +227,7 @@ def _write_files(
             small_heat = small.heat(result.maps[0], mode=options.mode)
             flow = [label_frame(picture(small, h), caption(b)) for b, h in enumerate(small_heat)]
         gif = encode_gif(flow, options.gif_duration_ms, options.gif_loop)
-        write_bytes_atomic(out_dir / "flow.gif", gif, durable=False)
+        write_staged(out_dir / "flow.gif", gif)
         files["gif"] = "flow.gif"
     if options.mp4:
         write_mp4(frames, out_dir / "flow.mp4", fps=1000.0 / options.gif_duration_ms)
@@ -242,7 +242,7 @@ def _write_files(
                            target=label, top5=manifest["top5"], mode=options.mode, alpha=options.alpha,
                            image_weight=options.image_weight, cmap=options.cmap, blend=options.blend,
                            frame_ms=options.gif_duration_ms)  # fmt: skip
-        write_bytes_atomic(out_dir / "viewer.html", page.encode(), durable=False)
+        write_staged(out_dir / "viewer.html", page.encode())
         files["html"] = "viewer.html"
     manifest["files"] = files
     manifest["render"] = {
@@ -256,5 +256,5 @@ def _write_files(
         "cmap": options.cmap,
         "blend": options.blend,
     }
-    write_json_atomic(out_dir / "manifest.json", manifest, durable=durable)
+    write_staged(out_dir / "manifest.json", json_bytes(manifest), durable=durable)
     return manifest
