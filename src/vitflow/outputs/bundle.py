@@ -69,7 +69,7 @@ JPEG_QUALITY = 90
 
 def _jpeg(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    (image if image.mode == "RGB" else image.convert("RGB")).save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 
