@@ -99,9 +99,14 @@ def model_only(model, preprocessing, files: list[Path], batch: int, device: str,
     return best
 
 
-def end_to_end(model, preprocessing, folder: Path, batch: int, device: str, **kwargs):
-    """Seconds, report, bytes and files written for one explain run (the output is removed)."""
+def end_to_end(model, preprocessing, folder: Path, batch: int, device: str, threads: int | None = None,
+               **kwargs):  # fmt: skip
+    """Seconds, report, bytes and files written for one explain run (the output is removed), with
+    ``threads`` torch threads if given (the model-only passes keep the default)."""
     out = Path(tempfile.mkdtemp(prefix="vitflow-pipeline-"))
+    default_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         sync(device)
         start = time.perf_counter()
@@ -111,6 +116,7 @@ def end_to_end(model, preprocessing, folder: Path, batch: int, device: str, **kw
         written = [p for p in out.rglob("*") if p.is_file() and ".vitflow" not in p.parts]
         return seconds, report, sum(p.stat().st_size for p in written), len(written)
     finally:
+        torch.set_num_threads(default_threads)
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -172,6 +178,10 @@ def main() -> None:
     )
     parser.add_argument("--writers", type=int, default=default_writers())
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 below 32 images)")
+    parser.add_argument(
+        "--model-threads", type=int,
+        help="also a default explain row with this many torch threads (cores - 1: a core for the writers)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -198,6 +208,9 @@ def main() -> None:
             "maps only (--no-images)": dict(pooled, images=False),
             "default explain": dict(pooled),
         }
+        if args.model_threads:
+            label = f"default, {args.model_threads} torch thread(s) for the model"
+            rows = {label: dict(pooled, threads=args.model_threads), **rows}
         model_seconds: list[float] = []
         measured: dict[str, list] = {label: [] for label in rows}
         for _ in range(args.rounds):
