@@ -42,7 +42,6 @@ def _spread(model):
 
 def test_attnlrp_equals_lxt_on_torchvision_vit():
     torchvision = pytest.importorskip("torchvision")
-    patches = _lxt_patches()
     model = torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4
     )
@@ -52,27 +51,106 @@ def test_attnlrp_equals_lxt_on_torchvision_vit():
     tokens, ours = attnlrp_relevance(model, x, target)
     logits = model(x).detach()
     # lxt patches the classes themselves (its way): patched for this pass only, then restored
-    classes = (torch.nn.GELU, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
-    saved = {cls: cls.forward for cls in classes}
-    try:
-        patches.patch_method(patches.non_linear_forward, torch.nn.GELU, keep_original=True)
-        patches.patch_method(patches.layer_norm_forward, torch.nn.LayerNorm)
-        patches.patch_method(patches.cp_multi_head_attention_forward, torch.nn.MultiheadAttention,
-                             keep_original=True)  # fmt: skip
-        inputs = x.clone().requires_grad_(True)
-        output = model(inputs)
-        output[torch.arange(2), target].sum().backward()
-        theirs = (inputs * inputs.grad).sum(1).detach()
-    finally:
-        for cls, forward in saved.items():
-            cls.forward = forward
-            if "original_forward" in vars(cls):
-                delattr(cls, "original_forward")
+    theirs = _lxt_relevance(model, x, target)
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-15)
     assert theirs.abs().amax() > 1e-3  # not a vacuous match
     torch.testing.assert_close(model(x), logits)  # hooks and patches gone: the model as it was
     # the tokens entering the first block carry the class logit (conservation, no biases lost)
     assert tokens.shape == (2, 17)
+
+
+def _lxt_relevance(model, x, target, gamma: float | None = None):
+    """lxt's CP-LRP input x gradient at the pixels: its patches on the classes, and with ``gamma``
+    zennit's gamma rule on every linear layer through lxt's zennit patch (lxt's ViT recipe)."""
+    patches = _lxt_patches()
+    classes = (torch.nn.GELU, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
+    saved = {cls: cls.forward for cls in classes}
+    composite, hooks = None, {}
+    try:
+        patches.patch_method(patches.non_linear_forward, torch.nn.GELU, keep_original=True)
+        patches.patch_method(patches.layer_norm_forward, torch.nn.LayerNorm)
+        patches.patch_method(patches.cp_multi_head_attention_forward, torch.nn.MultiheadAttention,
+                             keep_original=True)  # fmt: skip
+        if gamma is not None:
+            pytest.importorskip("zennit", reason="lxt's gamma rule: pip install --no-deps zennit==0.5.1")
+            from zennit.composites import LayerMapComposite
+            from zennit.core import BasicHook
+            from zennit.rules import Gamma
+
+            hooks = {name: vars(BasicHook)[name] for name in ("forward", "backward")}
+            importlib.import_module("lxt.efficient.zennit_patches").monkey_patch_zennit()
+            composite = LayerMapComposite([(torch.nn.Linear, Gamma(gamma))])
+            composite.register(model)
+        inputs = x.clone().requires_grad_(True)
+        output = model(inputs)
+        output[torch.arange(len(x)), target].sum().backward()
+        return (inputs * inputs.grad).sum(1).detach()
+    finally:
+        if composite is not None:
+            composite.remove()
+        for name, method in hooks.items():
+            setattr(BasicHook, name, method)
+        for cls, forward in saved.items():
+            cls.forward = forward
+            if "original_forward" in vars(cls):
+                delattr(cls, "original_forward")
+
+
+@pytest.mark.parametrize("gamma", [0.05, 0.25])
+def test_attnlrp_with_the_gamma_rule_equals_lxt_with_zennits_gamma(gamma):
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4
+    )
+    model = _spread(model).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    target = torch.tensor([1, 3])
+    logits = model(x).detach()
+    _, ours = attnlrp_relevance(model, x, target, gamma=gamma)
+    theirs = _lxt_relevance(model, x, target, gamma)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-15)
+    _, plain = attnlrp_relevance(model, x, target)
+    assert (ours - plain).abs().amax() > 1e-3 * plain.abs().amax()  # the rule changes the relevance
+    torch.testing.assert_close(model(x), logits)  # every hook gone
+    adapter = resolve_adapter(model)
+    maps = explain_all(adapter, x, target, [f"attnlrp_gamma_{gamma}", "attnlrp"])
+    expected = attnlrp(model, x, target, gamma=gamma).clamp_min(0).float()
+    torch.testing.assert_close(maps[f"attnlrp_gamma_{gamma}"], expected)
+    with pytest.raises(ValueError, match="gamma must be"):
+        attnlrp(model, x, target, gamma=-0.1)
+
+
+def test_the_gamma_rule_on_a_timm_vit_equals_zennits_on_every_linear_layer():
+    """timm calls qkv, the output projection, the MLP and the head as modules: each gets the rule."""
+    pytest.importorskip("zennit", reason="lxt's gamma rule: pip install --no-deps zennit==0.5.1")
+    _lxt_patches()
+    from zennit.composites import LayerMapComposite
+    from zennit.core import BasicHook
+    from zennit.rules import Gamma
+
+    model = make_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    target = torch.tensor([0, 4])
+    tokens, _ = attnlrp_relevance(model, x, target, gamma=0.1)
+    entering: list[torch.Tensor] = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda _m, args: entering.append(args[0]))
+    hooks = {name: vars(BasicHook)[name] for name in ("forward", "backward")}
+    composite = LayerMapComposite([(torch.nn.Linear, Gamma(0.1))])
+    try:
+        importlib.import_module("lxt.efficient.zennit_patches").monkey_patch_zennit()
+        composite.register(model)
+        with cp_lrp(resolve_adapter(model)):  # CP-LRP's other rules, ours; the gamma rule, zennit's
+            inputs = x.clone().requires_grad_(True)
+            score = model(inputs)[torch.arange(2), target].sum()
+            (grad,) = torch.autograd.grad(score, [entering[0]])
+    finally:
+        composite.remove()
+        handle.remove()
+        for name, method in hooks.items():
+            setattr(BasicHook, name, method)
+    torch.testing.assert_close(tokens, (entering[0].detach() * grad).sum(-1), rtol=1e-9, atol=1e-14)
+    plain, _ = attnlrp_relevance(model, x, target)
+    assert (tokens - plain).abs().amax() > 1e-3 * plain.abs().amax()
 
 
 def test_attnlrp_and_daam_lrp_equal_the_float64_restatement_on_a_timm_vit():

@@ -5,6 +5,11 @@
   flows through the values alone (the attention weights are constants, as in DAAM).
 - **LayerNorm**: the standard deviation is detached (the identity rule on normalisation).
 - **GELU**: the identity rule ``x * stop_grad(f(x) / x)``: the gradient is ``f(x) / x``.
+- **Linear layers**, optionally (``gamma > 0``): the generalised gamma rule (Montavon et al.
+  2019; Andéol et al. 2021) as zennit's ``Gamma`` computes it and lxt applies it to ViTs, in the
+  gradient x input framework: relevance ``R = g * z`` at the output is shared out with the
+  weights' like-signed parts scaled by ``1 + gamma`` and handed back as ``R_in / x``. Off by
+  default (``gamma=0`` is the plain rule, the model's own gradient).
 
 Reaches timm's ``Attention`` (q_norm, k_norm) and ``nn.MultiheadAttention`` (torchvision,
 open_clip); other attention modules refuse. The methods that use it are in
@@ -37,6 +42,56 @@ class _IdentityRule(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (ratio,) = ctx.saved_tensors
         return grad * ratio, None
+
+
+#: zennit's default stabilisers: of the gamma rule's denominators, and of the input it divides by
+GAMMA_STABILIZER, INPUT_STABILIZER = 1e-6, 1e-10
+
+
+def _stabilize(values: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``values`` moved ``epsilon`` away from zero, zero counting as positive (zennit's ``stabilize``)."""
+    return values + epsilon * ((values == 0).to(values) + values.sign())
+
+
+class _GammaRule(torch.autograd.Function):
+    """Returns a linear layer's output unchanged; its backward is the generalised gamma rule.
+
+    With ``x+ = max(x, 0)``, ``x- = min(x, 0)``, ``W^ = W + gamma * max(W, 0)``,
+    ``Wv = W + gamma * min(W, 0)`` (the bias alike): an output ``z > 0`` shares its relevance in
+    proportion to ``x+ W^ + x- Wv`` (with ``b^``), an output ``z < 0`` to ``x+ Wv + x- W^`` (with
+    ``bv``)."""
+
+    @staticmethod
+    def forward(ctx, x, out, weight, bias, gamma: float):  # type: ignore[override]
+        ctx.save_for_backward(x, out, weight, bias)
+        ctx.gamma = gamma
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, out, weight, bias = ctx.saved_tensors
+        gamma = ctx.gamma
+        up, down = weight + gamma * weight.clamp(min=0), weight + gamma * weight.clamp(max=0)
+        positive, negative = x.clamp(min=0), x.clamp(max=0)
+        bias_up = bias_down = None
+        if bias is not None:
+            bias_up, bias_down = bias + gamma * bias.clamp(min=0), bias + gamma * bias.clamp(max=0)
+        rising = nn.functional.linear(positive, up, bias_up) + nn.functional.linear(negative, down)
+        falling = nn.functional.linear(positive, down, bias_down) + nn.functional.linear(negative, up)
+        relevance = grad * out
+        to_rising = (out > 0).to(out) * relevance / _stabilize(rising, GAMMA_STABILIZER)
+        to_falling = (out < 0).to(out) * relevance / _stabilize(falling, GAMMA_STABILIZER)
+        shared = positive * (to_rising @ up + to_falling @ down)
+        shared = shared + negative * (to_rising @ down + to_falling @ up)
+        return shared / _stabilize(x, INPUT_STABILIZER), None, None, None, None
+
+
+def _gamma_rule(gamma: float):
+    def hook(module: nn.Linear, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        bias = None if module.bias is None else module.bias.detach()
+        return _GammaRule.apply(args[0], out.detach(), module.weight.detach(), bias, gamma)
+
+    return hook
 
 
 def _layer_norm(module: nn.LayerNorm, args: tuple, _out: torch.Tensor) -> torch.Tensor:
@@ -90,12 +145,19 @@ def supports_cp_lrp(adapter: Adapter) -> bool:
 
 
 @contextmanager
-def cp_lrp(adapter: Adapter) -> Iterator[None]:
-    """Hooks that make every backward pass through ``adapter.model`` CP-LRP's; removed on exit."""
+def cp_lrp(adapter: Adapter, gamma: float = 0.0) -> Iterator[None]:
+    """Hooks that make every backward pass through ``adapter.model`` CP-LRP's; removed on exit.
+    ``gamma > 0``: the gamma rule on every linear layer called as a module (the blocks' MLPs,
+    timm's qkv and output projections, the head; ``nn.MultiheadAttention`` uses its projections'
+    weights without calling them, so there, as in lxt, the MLPs and the head)."""
     check_cp_lrp(adapter)
+    if not gamma >= 0:
+        raise ValueError(f"gamma must be 0 (off) or positive, got {gamma}")
     handles = []
     try:
         for module in adapter.model.modules():
+            if gamma and isinstance(module, nn.Linear):
+                handles.append(module.register_forward_hook(_gamma_rule(gamma)))
             if isinstance(module, nn.LayerNorm):
                 handles.append(module.register_forward_hook(_layer_norm))
             elif isinstance(module, nn.GELU):

@@ -2,8 +2,9 @@
 
 Input x gradient through CP-LRP's backward is a relevance that is conserved block by block.
 ``attnlrp`` reads it at the tokens entering the first block (the patch tokens' share is the
-map); ``daam_lrp`` is DAAM whose channel coefficients come through the same backward. The
-optional gamma rule on linear layers is not applied.
+map); ``daam_lrp`` is DAAM whose channel coefficients come through the same backward.
+``attnlrp_gamma_G`` adds the gamma rule (``gamma = G``) on the linear layers (lxt's tuning knob,
+e.g. 0.05-0.25); ``attnlrp`` itself leaves it off.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from vitflow.registry import register_method
 
 
 def attnlrp_relevance(
-    model: nn.Module, x: torch.Tensor, target: object = None, adapter: Adapter | None = None
+    model: nn.Module, x: torch.Tensor, target: object = None, adapter: Adapter | None = None,
+    gamma: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CP-LRP input x gradient: ``(B, N)`` at the tokens entering the first block (summed over
-    channels) and ``(B, H, W)`` at the pixels (summed over colour channels)."""
+    channels) and ``(B, H, W)`` at the pixels (summed over colour channels); ``gamma``: the gamma
+    rule on the linear layers (0: off)."""
     entering: list[torch.Tensor] = []
 
     def keep(_module, args):
@@ -32,7 +35,7 @@ def attnlrp_relevance(
         adapter = capture.adapter
         handle = adapter.blocks()[0].register_forward_pre_hook(keep)
         try:
-            with cp_lrp(adapter), capture.open_pass(x, target, input_grad=True) as opened:
+            with cp_lrp(adapter, gamma), capture.open_pass(x, target, input_grad=True) as opened:
                 inputs, logits, explained = opened
                 score = explained(logits).scores.sum()
                 token_grad, input_grad = torch.autograd.grad(score, [entering[0], inputs])
@@ -44,10 +47,12 @@ def attnlrp_relevance(
 
 
 def attnlrp(
-    model: nn.Module, x: torch.Tensor, target: object = None, adapter: Adapter | None = None
+    model: nn.Module, x: torch.Tensor, target: object = None, adapter: Adapter | None = None,
+    gamma: float = 0.0,
 ) -> torch.Tensor:
-    """``(B, h, w)`` the patch tokens' CP-LRP relevance (signed)."""
-    tokens, _ = attnlrp_relevance(model, x, target, adapter)
+    """``(B, h, w)`` the patch tokens' CP-LRP relevance (signed); ``gamma``: the gamma rule on the
+    linear layers (0: off)."""
+    tokens, _ = attnlrp_relevance(model, x, target, adapter, gamma)
     resolved = resolve_adapter(model, adapter)
     prefix, grid = resolved.prefix_tokens(), resolved.grid((x.shape[-2], x.shape[-1]))
     return tokens[:, prefix:].reshape(len(x), *grid)
@@ -57,6 +62,13 @@ def attnlrp(
 def _attnlrp(inputs: MethodInputs) -> torch.Tensor:
     """CP-LRP (AttnLRP's ViT recipe): input x gradient at the patch tokens, positive part."""
     return attnlrp(inputs.adapter.model, inputs.x, inputs.target, adapter=inputs.adapter).clamp_min(0)
+
+
+@register_method(r"attnlrp_gamma_(\d+(?:\.\d+)?)", pattern=True, display="attnlrp_gamma_G", lrp=True)
+def _attnlrp_gamma(inputs: MethodInputs, gamma: str) -> torch.Tensor:
+    """AttnLRP with the gamma rule on the linear layers, gamma = G (e.g. ``attnlrp_gamma_0.25``)."""
+    return attnlrp(inputs.adapter.model, inputs.x, inputs.target, adapter=inputs.adapter,
+                   gamma=float(gamma)).clamp_min(0)  # fmt: skip
 
 
 @register_method("daam_lrp", flow=True, lrp=True)
