@@ -40,14 +40,18 @@ def _spread(model):
     return model
 
 
-def test_attnlrp_equals_lxt_on_torchvision_vit():
+def _torchvision_vit():
+    """A small torchvision ViT in float64, spread weights, two images and their classes."""
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4
     )
-    model = _spread(model).double().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    target = torch.tensor([1, 3])
+    return _spread(model).double().eval(), x, torch.tensor([1, 3])
+
+
+def test_attnlrp_equals_lxt_on_torchvision_vit():
+    model, x, target = _torchvision_vit()
     tokens, ours = attnlrp_relevance(model, x, target)
     logits = model(x).detach()
     # lxt patches the classes themselves (its way): patched for this pass only, then restored
@@ -98,13 +102,7 @@ def _lxt_relevance(model, x, target, gamma: float | None = None):
 
 @pytest.mark.parametrize("gamma", [0.05, 0.25])
 def test_attnlrp_with_the_gamma_rule_equals_lxt_with_zennits_gamma(gamma):
-    torchvision = pytest.importorskip("torchvision")
-    model = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4
-    )
-    model = _spread(model).double().eval()
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    target = torch.tensor([1, 3])
+    model, x, target = _torchvision_vit()
     logits = model(x).detach()
     _, ours = attnlrp_relevance(model, x, target, gamma=gamma)
     theirs = _lxt_relevance(model, x, target, gamma)
