@@ -143,6 +143,36 @@ def reference_daam(
     )
 
 
+def _minmax(m: torch.Tensor) -> torch.Tensor:
+    flat = m.flatten(-2)
+    lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    return ((flat - lo) / (hi - lo)).reshape(m.shape)
+
+
+def agreed_with_rollout(
+    relevance: torch.Tensor, attention: list, prefix: int, grid: tuple[int, int]
+) -> torch.Tensor:
+    """``daam_lrp_x_rollout``'s flow written out: after each block, the geometric mean of the
+    accumulated positive token relevance on its own patch and the same relevance carried to the
+    input patches by rollout (``0.5 * mean attention + 0.5 * I``, rows normalised), each min-max
+    normalised. ``relevance`` ``(B, L, N)``; ``attention[b]`` ``(B, heads, N, N)``."""
+    batch, blocks, tokens = relevance.shape
+    eye = torch.eye(tokens, dtype=torch.float64)
+    expected = torch.empty(batch, blocks, *grid, dtype=torch.float64)
+    for i in range(batch):
+        m = eye.clone()
+        own, carried = torch.zeros(tokens, dtype=torch.float64), torch.zeros(tokens, dtype=torch.float64)
+        for b in range(blocks):
+            u = relevance[i, b]
+            own = own + u.clamp_min(0)
+            carried = carried + u.clamp_min(0) @ m
+            step = 0.5 * attention[b][i].mean(0) + 0.5 * eye
+            m = (step / step.sum(-1, keepdim=True)) @ m
+            agreement = _minmax(own[prefix:].reshape(grid)) * _minmax(carried[prefix:].reshape(grid))
+            expected[i, b] = agreement.sqrt()
+    return expected
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     scale = expected.abs().max().clamp_min(1e-300)
     return float((actual.double() - expected.double()).abs().max() / scale)

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from models import make_timm
-from reference import reference_daam, relative_error
+from reference import agreed_with_rollout, reference_daam, relative_error
 
 from vitflow.adapters import resolve_adapter
 from vitflow.methods.run import applicable_methods, explain_all
@@ -61,8 +61,10 @@ def _accumulate(relevance: torch.Tensor, weights: list[torch.Tensor], prefix: in
 
 @pytest.fixture(scope="module", params=["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
 def case(request):
+    # the spread weights seeded too, so every run tests the same model: the tests need one where
+    # the weighting changes the map, and with some random weights no token is an outlier
+    torch.manual_seed(0)
     model = make_timm(request.param).double()
-    torch.manual_seed(2)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     target = torch.tensor([1, 3])
     adapter = resolve_adapter(model)
@@ -109,39 +111,17 @@ def test_tokentm_matches_an_explicit_float64_propagation(case):
     assert relative_error(maps["tokentm"], torch.stack(expected)) <= 1e-6
 
 
-def _minmax(m: torch.Tensor) -> torch.Tensor:
-    flat = m.flatten(-2)
-    lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
-    return ((flat - lo) / (hi - lo)).reshape(m.shape)
-
-
 def test_daam_lrp_x_rollout_matches_an_explicit_float64_computation(case):
     model, x, target, adapter, maps = case
     ref = reference_daam(model, x, target=target, cp_lrp=True)  # DAAM on CP-LRP's backward
     plain = reference_daam(model, x, target=target)  # the forward attention, for the rollout
-    prefix, grid, (batch, blocks, tokens) = adapter.prefix_tokens(), (4, 4), ref.relevance.shape
-    eye = torch.eye(tokens, dtype=torch.float64)
-    expected = torch.empty(batch, blocks, *grid, dtype=torch.float64)
-    for i in range(batch):
-        m, own, carried = (
-            eye.clone(),
-            torch.zeros(tokens, dtype=torch.float64),
-            torch.zeros(tokens, dtype=torch.float64),
-        )
-        for b in range(blocks):
-            u = ref.relevance[i, b]
-            own = own + u.clamp_min(0)
-            carried = carried + u.clamp_min(0) @ m
-            step = 0.5 * plain.attention[b][i].mean(0) + 0.5 * eye
-            m = (step / step.sum(-1, keepdim=True)) @ m
-            expected[i, b] = (
-                _minmax(own[prefix:].reshape(grid)) * _minmax(carried[prefix:].reshape(grid))
-            ).sqrt()
+    expected = agreed_with_rollout(ref.relevance, plain.attention, adapter.prefix_tokens(), (4, 4))
     assert relative_error(maps["daam_lrp_x_rollout/flow"], expected) <= 1e-6
     assert torch.equal(maps["daam_lrp_x_rollout"], maps["daam_lrp_x_rollout/flow"][:, -1])
-    assert float(maps["daam_lrp_x_rollout"].amax()) == pytest.approx(
-        1.0
-    )  # both factors peak where they agree most
+    # each factor lies in [0, 1], so their geometric mean does (1 only where both peak together,
+    # which random weights need not give: this assertion once expected it and failed 1 run in 6)
+    peak = float(maps["daam_lrp_x_rollout"].amax())
+    assert 0.0 < peak <= 1.0 + 1e-6
 
 
 def test_outlier_weights_by_hand():
