@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from models import make_timm
-from reference import reference_daam
+from reference import agreed_with_rollout, reference_daam, relative_error
 
 from vitflow import DAAM
 from vitflow.adapters import resolve_adapter
@@ -149,6 +149,45 @@ def test_the_gamma_rule_on_a_timm_vit_equals_zennits_on_every_linear_layer():
     torch.testing.assert_close(tokens, (entering[0].detach() * grad).sum(-1), rtol=1e-9, atol=1e-14)
     plain, _ = attnlrp_relevance(model, x, target)
     assert (tokens - plain).abs().amax() > 1e-3 * plain.abs().amax()
+
+
+def test_daam_lrp_with_the_gamma_rule_equals_daam_under_zennits_gamma_and_its_rollout_agreement():
+    pytest.importorskip("zennit", reason="lxt's gamma rule: pip install --no-deps zennit==0.5.1")
+    _lxt_patches()
+    from zennit.composites import LayerMapComposite
+    from zennit.core import BasicHook
+    from zennit.rules import Gamma
+
+    torch.manual_seed(4)
+    model = make_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    target = torch.tensor([1, 2])
+    adapter = resolve_adapter(model)
+    with cp_lrp(adapter, 0.25), DAAM(model) as daam:
+        ours = daam(x, target=target)
+    hooks = {name: vars(BasicHook)[name] for name in ("forward", "backward")}
+    composite = LayerMapComposite([(torch.nn.Linear, Gamma(0.25))])
+    try:
+        importlib.import_module("lxt.efficient.zennit_patches").monkey_patch_zennit()
+        composite.register(model)
+        with cp_lrp(adapter), DAAM(model) as daam:  # the other CP-LRP rules ours, the gamma rule zennit's
+            theirs = daam(x, target=target)
+    finally:
+        composite.remove()
+        for name, method in hooks.items():
+            setattr(BasicHook, name, method)
+    torch.testing.assert_close(ours.relevance, theirs.relevance, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(ours.block_maps, theirs.block_maps, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(ours.logits, theirs.logits)
+    plain = reference_daam(model, x, target, cp_lrp=True)  # gamma 0: the float64 restatement
+    assert (ours.block_maps - plain.block_maps).abs().amax() > 1e-3 * plain.block_maps.abs().amax()
+    methods = ["daam_lrp_gamma_0.25", "daam_lrp_gamma_0.25_x_rollout", "daam_lrp_gamma_0_x_rollout",
+               "daam_lrp_x_rollout"]  # fmt: skip
+    maps = explain_all(adapter, x, target, methods)
+    torch.testing.assert_close(maps["daam_lrp_gamma_0.25"], ours.maps[:, -1].float())
+    expected = agreed_with_rollout(ours.relevance, reference_daam(model, x, target).attention, 1, (4, 4))
+    assert relative_error(maps["daam_lrp_gamma_0.25_x_rollout/flow"], expected) <= 1e-6
+    assert torch.equal(maps["daam_lrp_gamma_0_x_rollout"], maps["daam_lrp_x_rollout"])  # gamma 0 is daam_lrp
 
 
 def test_attnlrp_and_daam_lrp_equal_the_float64_restatement_on_a_timm_vit():

@@ -23,6 +23,7 @@ class MethodInputs:
 
     def __init__(self, adapter: Adapter, x: torch.Tensor, target: object, input_grad: bool = False) -> None:
         self.adapter, self.x, self.target, self.input_grad = adapter, x, target, input_grad
+        self._daam_lrp: dict[float, DAAMResult] = {}
 
     @cached_property
     def daam(self) -> DAAMResult:
@@ -33,11 +34,18 @@ class MethodInputs:
     def trace(self) -> AttentionTrace:
         return trace_attention(self.adapter.model, self.x, self.target, self.adapter, self.input_grad)
 
-    @cached_property
+    @property
     def daam_lrp(self) -> DAAMResult:
         """DAAM with its channel coefficients through CP-LRP's backward pass (``daam_lrp``)."""
-        with cp_lrp(self.adapter), DAAM(self.adapter.model, adapter=self.adapter) as daam:
-            return daam(self.x, target=self.target)
+        return self.daam_lrp_gamma(0.0)
+
+    def daam_lrp_gamma(self, gamma: float) -> DAAMResult:
+        """The same with the gamma rule on the linear layers (``daam_lrp_gamma_G``; 0: off), once
+        per gamma."""
+        if gamma not in self._daam_lrp:
+            with cp_lrp(self.adapter, gamma), DAAM(self.adapter.model, adapter=self.adapter) as daam:
+                self._daam_lrp[gamma] = daam(self.x, target=self.target)
+        return self._daam_lrp[gamma]
 
     @cached_property
     def tokens(self) -> TokenStates:

@@ -3,8 +3,8 @@
 Input x gradient through CP-LRP's backward is a relevance that is conserved block by block.
 ``attnlrp`` reads it at the tokens entering the first block (the patch tokens' share is the
 map); ``daam_lrp`` is DAAM whose channel coefficients come through the same backward.
-``attnlrp_gamma_G`` adds the gamma rule (``gamma = G``) on the linear layers (lxt's tuning knob,
-e.g. 0.05-0.25); ``attnlrp`` itself leaves it off.
+``attnlrp_gamma_G`` and ``daam_lrp_gamma_G`` add the gamma rule (``gamma = G``) on the linear
+layers (lxt's tuning knob, e.g. 0.05-0.25); ``attnlrp`` and ``daam_lrp`` leave it off.
 """
 
 from __future__ import annotations
@@ -75,6 +75,13 @@ def _attnlrp_gamma(inputs: MethodInputs, gamma: str) -> torch.Tensor:
 def _daam_lrp(inputs: MethodInputs) -> torch.Tensor:
     """DAAM with its channel coefficients through the CP-LRP backward pass."""
     return inputs.daam_lrp.maps
+
+
+@register_method(r"daam_lrp_gamma_(\d+(?:\.\d+)?)", pattern=True, display="daam_lrp_gamma_G", flow=True,
+                 lrp=True)  # fmt: skip
+def _daam_lrp_gamma(inputs: MethodInputs, gamma: str) -> torch.Tensor:
+    """``daam_lrp`` with the gamma rule (gamma = G) on the linear layers of that backward pass."""
+    return inputs.daam_lrp_gamma(float(gamma)).maps
 
 
 __all__ = ["attnlrp", "attnlrp_relevance", "cp_lrp", "supports_cp_lrp"]

@@ -130,7 +130,18 @@ def geometric_mean_flows(first: torch.Tensor, second: torch.Tensor) -> torch.Ten
 @register_method("daam_lrp_x_rollout", full_attention=True, flow=True, lrp=True)
 def daam_lrp_x_rollout(inputs: MethodInputs) -> torch.Tensor:
     """DAAM on CP-LRP's backward, agreed with its own relevance carried by rollout mixing."""
+    return _agreed_with_rollout(inputs, inputs.daam_lrp)
+
+
+@register_method(r"daam_lrp_gamma_(\d+(?:\.\d+)?)_x_rollout", pattern=True,
+                 display="daam_lrp_gamma_G_x_rollout", full_attention=True, flow=True, lrp=True)  # fmt: skip
+def daam_lrp_gamma_x_rollout(inputs: MethodInputs, gamma: str) -> torch.Tensor:
+    """The same on CP-LRP's backward with the gamma rule (gamma = G) on the linear layers."""
+    return _agreed_with_rollout(inputs, inputs.daam_lrp_gamma(float(gamma)))
+
+
+def _agreed_with_rollout(inputs: MethodInputs, result) -> torch.Tensor:
+    """A DAAM result's flow, agreed (geometric mean) with its own relevance carried by rollout."""
     prefix, grid = _trace_geometry(inputs)
-    result = inputs.daam_lrp
     carried = mixed_block_maps(result.relevance, rollout_mixing(inputs.trace), prefix, grid).cumsum(dim=1)
     return geometric_mean_flows(result.maps, carried)
