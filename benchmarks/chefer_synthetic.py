@@ -3,7 +3,7 @@
 written in that file's layout, every registered method, the demo ViT. The real file is not
 reachable from CI; this is the same code path on data whose masks are exact.
 
-    python benchmarks/chefer_synthetic.py OUT [--n 100]
+    python benchmarks/chefer_synthetic.py OUT [--n 100] [--also attnlrp_gamma_0.25,daam_lrp_gamma_0.25]
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ if __name__ == "__main__":
     parser.add_argument("out", type=Path)
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--also", default="", help="methods beyond the registered names (attnlrp_gamma_0.25)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     scenes = [generate_scene(args.seed, i) for i in range(args.n)]
     mat = write_gtsegs(args.out / "gtsegs_ijcv.mat", [s.image for s in scenes], [s.masks[0] for s in scenes])
-    methods = ",".join(method_names())
+    methods = ",".join(method_names() + [m for m in args.also.split(",") if m])
     sys.exit(main(["evaluate", "--data", str(mat), "--protocol", "chefer", "--methods", methods,
                    "--out", str(args.out / "eval"), "--quiet"]))  # fmt: skip
