@@ -174,7 +174,11 @@ def main(args) -> None:
               f"rollout {sanity['rollout'][-1]:.3f})")  # fmt: skip
     if args.no_cost:
         return
-    cost = _cost(args, [m for m in methods if m in held["methods"]])
+    _print_cost(args, [m for m in methods if m in held["methods"]])
+
+
+def _print_cost(args, methods: list[str]) -> None:
+    cost = _cost(args, ["daam", *[m for m in methods if m != "daam"]])
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(
         f"\n## Cost for {args.batch} scenes ({where}; median of 3, the attention trace included where used)\n"
@@ -195,9 +199,13 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--no-cost", action="store_true", help="leave out the time and memory table")
+    parser.add_argument("--cost", help="only the time and memory table, for these methods (comma-separated; "
+                        "ROOT/heldout holds the scenes)")  # fmt: skip
     parser.add_argument("--peak", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.peak:
         _peak_child(arguments)
+    elif arguments.cost:
+        _print_cost(arguments, arguments.cost.split(","))
     else:
         main(arguments)

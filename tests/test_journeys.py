@@ -283,6 +283,29 @@ def test_evaluate_every_method_in_several_batches(family, data, tmp_path, capsys
     ]
 
 
+def test_evaluate_the_gamma_methods_on_every_family(family, data, tmp_path, capsys):
+    """The parameterised CP-LRP methods (gamma rule) run on every family whose attention the hooks
+    reach, and are left out with a note elsewhere; the model is unchanged after them."""
+    if not family.classifier:
+        pytest.skip("no classifier head: evaluate refuses before any method runs (the test above)")
+    gamma = ["attnlrp_gamma_0.25", "daam_lrp_gamma_0.25", "daam_lrp_gamma_0.25_x_rollout"]
+    out = tmp_path / "eval"
+    args = ["evaluate", "--data", str(data / "scenes"), "--out", str(out), "--batch-size", "2", "--quiet",
+            "--metrics", "energy", "--per-block-metrics", "", "--methods", ",".join(["daam", *gamma]),
+            *family.options]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    left_out = {n.strip() for line in err.splitlines() if " left out: " in line
+                for n in line.split("note: ", 1)[-1].split(" left out: ")[0].split(",")}  # fmt: skip
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and left_out <= set(gamma)
+    if family.name in ("timm_vit", "timm_distilled", "torchvision"):  # timm Attention, MultiheadAttention
+        assert not left_out
+    for record in records:
+        assert set(record["scores"]) == {"daam", *gamma} - left_out
+        assert all(0 <= scores["energy"] <= 1 for scores in record["scores"].values())
+
+
 def test_bank_build_info_and_knn_explain(backbone_family, data, tmp_path, capsys):
     family = backbone_family
     bank = tmp_path / "b.bank"

@@ -50,7 +50,7 @@ GAMMA_STABILIZER, INPUT_STABILIZER = 1e-6, 1e-10
 
 def _stabilize(values: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``values`` moved ``epsilon`` away from zero, zero counting as positive (zennit's ``stabilize``)."""
-    return values + epsilon * ((values == 0).to(values) + values.sign())
+    return values + torch.where(values >= 0, epsilon, -epsilon)
 
 
 class _GammaRule(torch.autograd.Function):
@@ -65,24 +65,31 @@ class _GammaRule(torch.autograd.Function):
     def forward(ctx, x, out, weight, bias, gamma: float):  # type: ignore[override]
         ctx.save_for_backward(x, out, weight, bias)
         ctx.gamma = gamma
-        return out.clone()
+        return out.view_as(out)  # no copy: the layer's output itself, with this backward
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
+        # zennit forms four modified layers forward and back (8 products); with P = x+ W+ + x- W-
+        # and x W = P + (x+ W- + x- W+), the same sums take 5: the rising denominator is
+        # z + gamma (P + b+), the falling one z + gamma (x W - P + b-), and the relevance handed
+        # back is x+ (A + gamma B) + x- ((1 + gamma) A - gamma B), A = (s^ + sv) W, B = s^ W+ + sv W-
         x, out, weight, bias = ctx.saved_tensors
         gamma = ctx.gamma
-        up, down = weight + gamma * weight.clamp(min=0), weight + gamma * weight.clamp(max=0)
+        plus, minus = weight.clamp(min=0), weight.clamp(max=0)
         positive, negative = x.clamp(min=0), x.clamp(max=0)
-        bias_up = bias_down = None
-        if bias is not None:
-            bias_up, bias_down = bias + gamma * bias.clamp(min=0), bias + gamma * bias.clamp(max=0)
-        rising = nn.functional.linear(positive, up, bias_up) + nn.functional.linear(negative, down)
-        falling = nn.functional.linear(positive, down, bias_down) + nn.functional.linear(negative, up)
+        like = nn.functional.linear(positive, plus) + nn.functional.linear(negative, minus)  # P
+        product = out if bias is None else out - bias  # x W
+        rising = out + gamma * (like if bias is None else like + bias.clamp(min=0))
+        falling = out + gamma * ((product - like) if bias is None else product - like + bias.clamp(max=0))
+        del like, product
         relevance = grad * out
-        to_rising = (out > 0).to(out) * relevance / _stabilize(rising, GAMMA_STABILIZER)
-        to_falling = (out < 0).to(out) * relevance / _stabilize(falling, GAMMA_STABILIZER)
-        shared = positive * (to_rising @ up + to_falling @ down)
-        shared = shared + negative * (to_rising @ down + to_falling @ up)
+        zero = relevance.new_zeros(())
+        to_rising = torch.where(out > 0, relevance / _stabilize(rising, GAMMA_STABILIZER), zero)
+        to_falling = torch.where(out < 0, relevance / _stabilize(falling, GAMMA_STABILIZER), zero)
+        del rising, falling, relevance
+        both = (to_rising + to_falling) @ weight  # A
+        signed = to_rising @ plus + to_falling @ minus  # B
+        shared = positive * (both + gamma * signed) + negative * ((1 + gamma) * both - gamma * signed)
         return shared / _stabilize(x, INPUT_STABILIZER), None, None, None, None
 
 
