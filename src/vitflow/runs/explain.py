@@ -340,8 +340,7 @@ def explain_files(
                  "normalize_blocks": normalize_blocks},
                 MAP_DTYPES[save_maps],
             )  # fmt: skip
-        if CAN_SYNC_ALL:  # the chunk's bundles and shard on the disk before the record says it is done
-            sync_all(out)
+        sync_all(out)  # the chunk's bundles and shard on the disk before the record says it is done
         record = {"rank": group.rank, "world_size": group.world_size, "explained": explained}
         write_json_atomic(ledger.path(chunk, ".json"), {**record, "failures": failures})
         return sum(len(b) for b in plan[chunk])
