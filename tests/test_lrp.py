@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -63,37 +64,45 @@ def test_attnlrp_equals_lxt_on_torchvision_vit():
     assert tokens.shape == (2, 17)
 
 
+@contextmanager
+def _zennit_gamma(model, gamma: float):
+    """zennit's gamma rule on every linear layer of ``model``, through lxt's zennit patch (lxt's ViT
+    recipe); zennit's hooks and its patched ``BasicHook`` restored on exit."""
+    pytest.importorskip("zennit", reason="lxt's gamma rule: pip install --no-deps zennit==0.5.1")
+    _lxt_patches()
+    from zennit.composites import LayerMapComposite
+    from zennit.core import BasicHook
+    from zennit.rules import Gamma
+
+    hooks = {name: vars(BasicHook)[name] for name in ("forward", "backward")}
+    composite = LayerMapComposite([(torch.nn.Linear, Gamma(gamma))])
+    try:
+        importlib.import_module("lxt.efficient.zennit_patches").monkey_patch_zennit()
+        composite.register(model)
+        yield
+    finally:
+        composite.remove()
+        for name, method in hooks.items():
+            setattr(BasicHook, name, method)
+
+
 def _lxt_relevance(model, x, target, gamma: float | None = None):
     """lxt's CP-LRP input x gradient at the pixels: its patches on the classes, and with ``gamma``
     zennit's gamma rule on every linear layer through lxt's zennit patch (lxt's ViT recipe)."""
     patches = _lxt_patches()
     classes = (torch.nn.GELU, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
     saved = {cls: cls.forward for cls in classes}
-    composite, hooks = None, {}
     try:
         patches.patch_method(patches.non_linear_forward, torch.nn.GELU, keep_original=True)
         patches.patch_method(patches.layer_norm_forward, torch.nn.LayerNorm)
         patches.patch_method(patches.cp_multi_head_attention_forward, torch.nn.MultiheadAttention,
                              keep_original=True)  # fmt: skip
-        if gamma is not None:
-            pytest.importorskip("zennit", reason="lxt's gamma rule: pip install --no-deps zennit==0.5.1")
-            from zennit.composites import LayerMapComposite
-            from zennit.core import BasicHook
-            from zennit.rules import Gamma
-
-            hooks = {name: vars(BasicHook)[name] for name in ("forward", "backward")}
-            importlib.import_module("lxt.efficient.zennit_patches").monkey_patch_zennit()
-            composite = LayerMapComposite([(torch.nn.Linear, Gamma(gamma))])
-            composite.register(model)
-        inputs = x.clone().requires_grad_(True)
-        output = model(inputs)
-        output[torch.arange(len(x)), target].sum().backward()
+        with _zennit_gamma(model, gamma) if gamma is not None else nullcontext():
+            inputs = x.clone().requires_grad_(True)
+            output = model(inputs)
+            output[torch.arange(len(x)), target].sum().backward()
         return (inputs * inputs.grad).sum(1).detach()
     finally:
-        if composite is not None:
-            composite.remove()
-        for name, method in hooks.items():
-            setattr(BasicHook, name, method)
         for cls, forward in saved.items():
             cls.forward = forward
             if "original_forward" in vars(cls):
@@ -120,44 +129,26 @@ def test_attnlrp_with_the_gamma_rule_equals_lxt_with_zennits_gamma(gamma):
 
 def test_the_gamma_rule_on_a_timm_vit_equals_zennits_on_every_linear_layer():
     """timm calls qkv, the output projection, the MLP and the head as modules: each gets the rule."""
-    pytest.importorskip("zennit", reason="lxt's gamma rule: pip install --no-deps zennit==0.5.1")
-    _lxt_patches()
-    from zennit.composites import LayerMapComposite
-    from zennit.core import BasicHook
-    from zennit.rules import Gamma
-
     model = make_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5).double().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     target = torch.tensor([0, 4])
     tokens, _ = attnlrp_relevance(model, x, target, gamma=0.1)
     entering: list[torch.Tensor] = []
     handle = model.blocks[0].register_forward_pre_hook(lambda _m, args: entering.append(args[0]))
-    hooks = {name: vars(BasicHook)[name] for name in ("forward", "backward")}
-    composite = LayerMapComposite([(torch.nn.Linear, Gamma(0.1))])
     try:
-        importlib.import_module("lxt.efficient.zennit_patches").monkey_patch_zennit()
-        composite.register(model)
-        with cp_lrp(resolve_adapter(model)):  # CP-LRP's other rules, ours; the gamma rule, zennit's
+        # CP-LRP's other rules, ours; the gamma rule, zennit's
+        with _zennit_gamma(model, 0.1), cp_lrp(resolve_adapter(model)):
             inputs = x.clone().requires_grad_(True)
             score = model(inputs)[torch.arange(2), target].sum()
             (grad,) = torch.autograd.grad(score, [entering[0]])
     finally:
-        composite.remove()
         handle.remove()
-        for name, method in hooks.items():
-            setattr(BasicHook, name, method)
     torch.testing.assert_close(tokens, (entering[0].detach() * grad).sum(-1), rtol=1e-9, atol=1e-14)
     plain, _ = attnlrp_relevance(model, x, target)
     assert (tokens - plain).abs().amax() > 1e-3 * plain.abs().amax()
 
 
 def test_daam_lrp_with_the_gamma_rule_equals_daam_under_zennits_gamma_and_its_rollout_agreement():
-    pytest.importorskip("zennit", reason="lxt's gamma rule: pip install --no-deps zennit==0.5.1")
-    _lxt_patches()
-    from zennit.composites import LayerMapComposite
-    from zennit.core import BasicHook
-    from zennit.rules import Gamma
-
     torch.manual_seed(4)
     model = make_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5).double().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
@@ -165,17 +156,9 @@ def test_daam_lrp_with_the_gamma_rule_equals_daam_under_zennits_gamma_and_its_ro
     adapter = resolve_adapter(model)
     with cp_lrp(adapter, 0.25), DAAM(model) as daam:
         ours = daam(x, target=target)
-    hooks = {name: vars(BasicHook)[name] for name in ("forward", "backward")}
-    composite = LayerMapComposite([(torch.nn.Linear, Gamma(0.25))])
-    try:
-        importlib.import_module("lxt.efficient.zennit_patches").monkey_patch_zennit()
-        composite.register(model)
-        with cp_lrp(adapter), DAAM(model) as daam:  # the other CP-LRP rules ours, the gamma rule zennit's
-            theirs = daam(x, target=target)
-    finally:
-        composite.remove()
-        for name, method in hooks.items():
-            setattr(BasicHook, name, method)
+    # the other CP-LRP rules ours, the gamma rule zennit's
+    with _zennit_gamma(model, 0.25), cp_lrp(adapter), DAAM(model) as daam:
+        theirs = daam(x, target=target)
     torch.testing.assert_close(ours.relevance, theirs.relevance, rtol=1e-9, atol=1e-14)
     torch.testing.assert_close(ours.block_maps, theirs.block_maps, rtol=1e-9, atol=1e-14)
     torch.testing.assert_close(ours.logits, theirs.logits)

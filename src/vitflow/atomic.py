@@ -77,22 +77,23 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Tru
     so a power cut cannot leave the new name with no content. Pictures a manifest accounts for
     skip it (the manifest, written last and durably, is what says a bundle is complete), and a run
     of many bundles syncs a whole chunk at once instead (``sync_all``)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp:
+        _write(tmp, data, durable, "wb")  # over the empty temporary file mkstemp made
+    return Path(path)
+
+
+def _write(path: str | os.PathLike, data: bytes, durable: bool, mode: str) -> None:
+    with open(path, mode) as handle:
         handle.write(data)
         if durable:
             handle.flush()
             os.fsync(handle.fileno())
-    return Path(path)
 
 
 def write_staged(path: str | os.PathLike, data: bytes, durable: bool = False) -> Path:
     """``data`` into a new file of a folder no reader sees yet (an ``atomic_dir`` staging folder,
     renamed into place whole): a plain write, with no temporary file and rename of its own."""
-    with open(path, "xb") as handle:
-        handle.write(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
+    _write(path, data, durable, "xb")
     return Path(path)
 
 
