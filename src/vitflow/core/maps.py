@@ -1,5 +1,5 @@
-"""The two map operations every part of the package shares: min-max normalisation and bilinear
-upsampling. Pure tensor math."""
+"""The map operations every part of the package shares: min-max normalisation, bilinear
+upsampling and Gaussian smoothing. Pure tensor math."""
 
 from __future__ import annotations
 
@@ -24,3 +24,18 @@ def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     work = maps if maps.is_floating_point() else maps.float()
     out = F.interpolate(work.reshape(-1, 1, h, w), size=tuple(size), mode="bilinear", align_corners=False)
     return out.reshape(*lead, *out.shape[-2:])
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(B, C, H, W)`` smoothed channel by channel with a Gaussian of ``sigma`` pixels, truncated
+    at ``int(3 * sigma)`` pixels (at least 1) and normalised, the edges reflected."""
+    radius = max(1, int(3 * sigma))
+    kernel = torch.exp(
+        -(torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype) ** 2) / (2 * sigma**2)
+    )
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    horizontal = kernel.reshape(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    vertical = kernel.reshape(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    padded = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    return F.conv2d(F.conv2d(padded, horizontal, groups=channels), vertical, groups=channels)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from vitflow.core.maps import minmax
+from vitflow.core.maps import gaussian_blur, minmax
 from vitflow.metrics.context import ScoringContext
 from vitflow.metrics.localization import upsample_maps
 from vitflow.registry import register_metric
@@ -94,19 +93,6 @@ def perturbation_test(
     }
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(3 * sigma))
-    kernel = torch.exp(
-        -(torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype) ** 2) / (2 * sigma**2)
-    )
-    kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    horizontal = kernel.reshape(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    vertical = kernel.reshape(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    padded = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    return F.conv2d(F.conv2d(padded, horizontal, groups=channels), vertical, groups=channels)
-
-
 def deletion_insertion(
     forward: Forward,
     x: torch.Tensor,
@@ -131,7 +117,7 @@ def deletion_insertion(
     # (start from, pixels brought in) per sweep: deletion fills the image, insertion un-blurs it
     sweeps = {"deletion": lambda i: (x[i], torch.full_like(x[i], fill))}
     if "insertion" in which:
-        blurred = _blur(x, blur_sigma)
+        blurred = gaussian_blur(x, blur_sigma)
         sweeps["insertion"] = lambda i: (blurred[i], x[i])
     out = {}
     for name in which:
