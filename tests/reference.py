@@ -8,6 +8,7 @@ and shares no code with vitflow. Used as the ground truth the engine is compared
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ class Reference:
     attention: list[torch.Tensor] | None = None  # (B, H, N, N) per block, explicit softmax
     attention_grad: list[torch.Tensor] | None = None  # dY/dA per block, by autograd
     token_relevance: torch.Tensor | None = None  # (B, N) CP-LRP input x gradient entering block 1
+    pixel_relevance: torch.Tensor | None = None  # (B, H, W) CP-LRP input x gradient at the pixels
     block_inputs: list[torch.Tensor] | None = None  # (B, N, C) the residual stream entering each block
     written: list[torch.Tensor] | None = None  # (B, N, C) W_o v_j: each token's value, projected
 
@@ -106,7 +108,15 @@ def reference_daam(
     wrt = zero_leaves + ([entering] if cp_lrp else fulls)
     everything = torch.autograd.grad(score, wrt)
     grads, attention_grads = everything[: len(zero_leaves)], everything[len(zero_leaves) :]
-    token_relevance = (entering.detach() * attention_grads[0]).sum(-1) if cp_lrp else None
+    token_relevance = pixel_relevance = None
+    if cp_lrp:
+        token_relevance = (entering.detach() * attention_grads[0]).sum(-1)
+        # the entering tokens are a linear function of the pixels (patch embedding, position
+        # embedding): their gradient carried back through that function, in float64
+        pixels = x.detach().clone().requires_grad_(True)
+        embedded = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(pixels))))
+        (pixel_grad,) = torch.autograd.grad(embedded, pixels, grad_outputs=attention_grads[0])
+        pixel_relevance = (x.detach() * pixel_grad).sum(1)
     if cp_lrp:
         attention_grads = ()
 
@@ -138,6 +148,7 @@ def reference_daam(
         attention=[f.detach() for f in fulls],
         attention_grad=[g.detach() for g in attention_grads] or None,
         token_relevance=token_relevance,
+        pixel_relevance=pixel_relevance,
         block_inputs=block_inputs,
         written=written,
     )
@@ -171,6 +182,43 @@ def agreed_with_rollout(
             agreement = _minmax(own[prefix:].reshape(grid)) * _minmax(carried[prefix:].reshape(grid))
             expected[i, b] = agreement.sqrt()
     return expected
+
+
+def _bilinear_matrix(out: int, size: int) -> torch.Tensor:
+    """``(out, size)``: bilinear interpolation with half-pixel centres, written out row by row."""
+    matrix = torch.zeros(out, size, dtype=torch.float64)
+    for i in range(out):
+        source = max((i + 0.5) * size / out - 0.5, 0.0)
+        low = int(source)
+        high = min(low + 1, size - 1)
+        matrix[i, low] += 1 - (source - low)
+        matrix[i, high] += source - low
+    return matrix
+
+
+def _gaussian_matrix(size: int, sigma: float) -> torch.Tensor:
+    """``(size, size)``: a Gaussian of ``sigma`` truncated at ``int(3 sigma)``, the edges reflected
+    (index ``-t`` reads ``t``, index ``size - 1 + t`` reads ``size - 1 - t``)."""
+    radius = max(1, int(3 * sigma))
+    taps = [math.exp(-(t * t) / (2 * sigma * sigma)) for t in range(-radius, radius + 1)]
+    total = sum(taps)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    for i in range(size):
+        for t, weight in zip(range(-radius, radius + 1), taps, strict=True):
+            j = i + t
+            j = -j if j < 0 else (2 * (size - 1) - j if j > size - 1 else j)
+            matrix[i, j] += weight / total
+    return matrix
+
+
+def guided_reference(patch_map: torch.Tensor, pixels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``daam_lrp_guided`` for one image written out: ``(h, w)`` map bilinearly at the ``(H, W)``
+    pixels, times the positive pixel relevance smoothed by explicit Gaussian matrices, each min-max
+    normalised."""
+    (h, w), (height, width) = patch_map.shape, pixels.shape
+    up = _bilinear_matrix(height, h) @ patch_map.double() @ _bilinear_matrix(width, w).T
+    smooth = _gaussian_matrix(height, sigma) @ pixels.double().clamp_min(0) @ _gaussian_matrix(width, sigma).T
+    return _minmax(up) * _minmax(smooth)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

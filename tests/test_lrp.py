@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from models import make_timm
-from reference import agreed_with_rollout, reference_daam, relative_error
+from reference import agreed_with_rollout, guided_reference, reference_daam, relative_error
 
 from vitflow import DAAM
 from vitflow.adapters import resolve_adapter
-from vitflow.methods.lrp import attnlrp, attnlrp_relevance, cp_lrp
+from vitflow.methods.lrp import GUIDED_SIGMA, attnlrp, attnlrp_relevance, cp_lrp
 from vitflow.methods.run import applicable_methods, explain_all
 
 
@@ -193,6 +193,26 @@ def test_attnlrp_and_daam_lrp_equal_the_float64_restatement_on_a_timm_vit():
     torch.testing.assert_close(maps["daam_lrp"], result.maps[:, -1].float())
     assert maps["daam_lrp/flow"].shape == (3, len(model.blocks), 4, 4)
     assert (maps["attnlrp"] >= 0).all()
+
+
+def test_daam_lrp_guided_equals_the_explicit_float64_product_of_patch_and_pixel_relevance():
+    model = make_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5).double().eval()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    target = torch.tensor([1, 3, 0])
+    expected = reference_daam(model, x, target, cp_lrp=True)
+    _, pixels = attnlrp_relevance(model, x, target)
+    torch.testing.assert_close(pixels, expected.pixel_relevance, rtol=1e-9, atol=1e-14)
+    maps = explain_all(resolve_adapter(model), x, target, ["daam_lrp_guided"])["daam_lrp_guided"]
+    assert maps.shape == (3, 32, 32)  # at the pixels, not the 4 x 4 grid
+    for i in range(3):
+        final = expected.block_maps[i].sum(0)  # daam_lrp's accumulated map after the last block
+        reference = guided_reference(final, expected.pixel_relevance[i], GUIDED_SIGMA)
+        assert relative_error(maps[i], reference) < 1e-6  # the method's maps are float32
+        assert reference.amax() > 0.1 and (reference > 0).float().mean() > 0.5  # not degenerate
+    # the pixel part matters: the product is not the upsampled patch map
+    plain = explain_all(resolve_adapter(model), x, target, ["daam_lrp"])["daam_lrp"]
+    upsampled = torch.nn.functional.interpolate(plain[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    assert (maps - upsampled / upsampled.flatten(1).amax(1)[:, None, None]).abs().amax() > 0.1
 
 
 def test_cp_lrp_refuses_attention_it_cannot_reach():

@@ -5,6 +5,11 @@ Input x gradient through CP-LRP's backward is a relevance that is conserved bloc
 map); ``daam_lrp`` is DAAM whose channel coefficients come through the same backward.
 ``attnlrp_gamma_G`` and ``daam_lrp_gamma_G`` add the gamma rule (``gamma = G``) on the linear
 layers (lxt's tuning knob, e.g. 0.05-0.25); ``attnlrp`` and ``daam_lrp`` leave it off.
+
+``daam_lrp_guided`` joins ``daam_lrp``'s map with the relevance CP-LRP's backward carries to the
+pixels, as Guided Grad-CAM joins Grad-CAM with guided backpropagation (Selvaraju et al. 2017):
+``minmax(upsample(daam_lrp)) · minmax(blur(ReLU(x · dY/dx), GUIDED_SIGMA))``. DAAM says which
+patches the [class] token read; the pixel relevance, which pixels inside them carry the score.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import torch
 from torch import nn
 
 from vitflow.adapters import Adapter, resolve_adapter
+from vitflow.core.maps import gaussian_blur, minmax, upsample
 from vitflow.explainer.capture import Capture
 from vitflow.methods.cp_lrp import cp_lrp, supports_cp_lrp
 from vitflow.methods.inputs import MethodInputs
@@ -84,4 +90,27 @@ def _daam_lrp_gamma(inputs: MethodInputs, gamma: str) -> torch.Tensor:
     return inputs.daam_lrp_gamma(float(gamma)).maps
 
 
-__all__ = ["attnlrp", "attnlrp_relevance", "cp_lrp", "supports_cp_lrp"]
+#: the smoothing of ``daam_lrp_guided``'s pixel relevance, in input pixels: chosen on the variants
+#: study's selection split among 0-4 (``benchmarks/combinations_select.py``): unsmoothed pixels
+#: remove the evidence fastest but insert it slowest; 2 px and more keep insertion, lose perturbation
+GUIDED_SIGMA = 0.75
+
+
+def guided(maps: torch.Tensor, pixels: torch.Tensor, sigma: float = GUIDED_SIGMA) -> torch.Tensor:
+    """``(B, h, w)`` patch maps and ``(B, H, W)`` signed pixel relevance -> ``(B, H, W)``: the
+    maps bilinearly at the pixels times the positive pixel relevance smoothed by ``sigma`` pixels
+    (0: not smoothed), each min-max normalised per image."""
+    batch, size = len(maps), pixels.shape[-2:]
+    positive = pixels.clamp_min(0)[:, None]
+    smooth = (gaussian_blur(positive, sigma) if sigma > 0 else positive)[:, 0]
+    return (minmax(upsample(maps, size).flatten(1)) * minmax(smooth.flatten(1))).reshape(batch, *size)
+
+
+@register_method("daam_lrp_guided", lrp=True)
+def _daam_lrp_guided(inputs: MethodInputs) -> torch.Tensor:
+    """``daam_lrp``'s map times CP-LRP's pixel relevance (smoothed 0.75 px), as Guided Grad-CAM."""
+    _, pixels = attnlrp_relevance(inputs.adapter.model, inputs.x, inputs.target, adapter=inputs.adapter)
+    return guided(inputs.daam_lrp.maps[:, -1], pixels)
+
+
+__all__ = ["GUIDED_SIGMA", "attnlrp", "attnlrp_relevance", "cp_lrp", "guided", "supports_cp_lrp"]
