@@ -242,3 +242,19 @@ def test_one_call_explain_equals_the_context_manager_and_restores(vit, x):
     result = explain(vit, x, target=2, rho="identity")
     torch.testing.assert_close(result.maps, expected.maps)
     assert _hook_count(vit) == 0
+
+
+def test_input_grad_comes_from_the_same_pass_and_changes_nothing_else(vit, x):
+    target = torch.tensor([1, 4, 7])
+    with DAAM(vit) as daam:
+        plain = daam(x, target=target)
+        kept = daam(x, target=target, input_grad=True)
+    assert plain.input_grad is None
+    torch.testing.assert_close(kept.maps, plain.maps, rtol=0, atol=0)
+    pixels = x.clone().requires_grad_(True)
+    logits = vit(pixels)
+    (expected,) = torch.autograd.grad(logits[torch.arange(3), target].sum(), pixels)
+    torch.testing.assert_close(kept.input_grad, expected)
+    assert kept.input_grad.abs().amax() > 0
+    assert kept[1].input_grad.shape == (1, 3, 64, 64) and kept.to("cpu").input_grad is not None
+    assert not any(p.grad is not None for p in vit.parameters())  # the model is left as it was

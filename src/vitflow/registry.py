@@ -82,8 +82,9 @@ METRICS = Registry("metric")
 def register_method(name: str, *, pattern: bool = False, **info: Any) -> Callable:
     """Register an explanation method ``fn(inputs: MethodInputs[, *groups]) -> (B, h, w)`` maps
     (see ``vitflow.methods.inputs.MethodInputs``). ``info``: ``input_grad=True`` when it
-    reads ``inputs.trace.input_grad``; ``full_attention=True`` when it propagates token-to-token
-    attention through every block (not defined for class-attention models such as CaiT);
+    reads ``dY/dx`` (``inputs.trace.input_grad``, ``inputs.daam_lrp.input_grad``);
+    ``full_attention=True`` when it propagates token-to-token attention through every block
+    (not defined for class-attention models such as CaiT);
     ``flow=True`` when it returns its attention flow ``(B, L, h, w)`` instead, the map after every
     block (the method's map is the last); ``lrp=True`` when it needs CP-LRP's hooks,
     ``readout=True`` a readout of intermediate blocks, ``token_transform=True`` what each token

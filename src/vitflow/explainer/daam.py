@@ -10,6 +10,7 @@ scores the output; one backward pass, with parameters frozen, leaves ``dY/dT_b``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -85,7 +86,7 @@ class DAAM:
         return self._capture.closed
 
     # -- the method ---------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, target: object = None) -> DAAMResult:
+    def __call__(self, x: torch.Tensor, target: object = None, *, input_grad: bool = False) -> DAAMResult:
         """Explain a batch.
 
         Args:
@@ -94,14 +95,17 @@ class DAAM:
                 sequence or 1-D tensor of ``B`` classes (indices or names), or a
                 ``Target`` object such as ``KNNTarget``
                 for backbones without a classifier.
+            input_grad: also keep ``dY/dx`` (``result.input_grad``), from the same backward pass
+                (which then reaches the input).
 
         Returns:
             ``DAAMResult`` with tensors on the model's device.
         """
         if self.closed:
             raise RuntimeError("this DAAM is closed; create a new one (DAAM(model)) to explain more images")
-        with self._capture.run(x, self._by_index(target)) as p:
-            return self._result(x, p.logits, p.scored, self.rho or p.target.rho)
+        with self._capture.run(x, self._by_index(target), input_grad=input_grad) as p:
+            result = self._result(x, p.logits, p.scored, self.rho or p.target.rho)
+            return replace(result, input_grad=p.input_grad) if input_grad else result
 
     def _by_index(self, target: object) -> object:
         """Class names in ``target`` as the indices they name (``class_index``)."""

@@ -27,6 +27,8 @@ class DAAMResult:
             (self-supervised mode, method.md section 5), else ``None``.
         probabilities: ``(B, C)`` class probabilities defined by the target (normalised k-NN votes),
             else ``None`` (use ``logits.softmax(1)`` for a classifier).
+        input_grad: ``(B, C, H, W)`` ``dY/dx``, from the same backward pass, when asked for
+            (``DAAM(...)(x, input_grad=True)``), else ``None``.
     """
 
     block_maps: torch.Tensor
@@ -39,6 +41,7 @@ class DAAMResult:
     grid: tuple[int, int]
     feature_weights: torch.Tensor | None = None
     probabilities: torch.Tensor | None = None
+    input_grad: torch.Tensor | None = None
 
     @property
     def final(self) -> torch.Tensor:

@@ -18,8 +18,8 @@ from vitflow.methods.trace import AttentionTrace, trace_attention
 
 class MethodInputs:
     """``x`` ``(B, C, H, W)`` preprocessed images, ``target`` ``(B,)`` classes (or any target
-    ``DAAM`` takes), the model's ``adapter``; ``input_grad``: the trace also keeps
-    ``dY/dx``."""
+    ``DAAM`` takes), the model's ``adapter``; ``input_grad``: the trace and the CP-LRP passes also
+    keep ``dY/dx``."""
 
     def __init__(self, adapter: Adapter, x: torch.Tensor, target: object, input_grad: bool = False) -> None:
         self.adapter, self.x, self.target, self.input_grad = adapter, x, target, input_grad
@@ -41,10 +41,11 @@ class MethodInputs:
 
     def daam_lrp_gamma(self, gamma: float) -> DAAMResult:
         """The same with the gamma rule on the linear layers (``daam_lrp_gamma_G``; 0: off), once
-        per gamma."""
+        per gamma; with ``input_grad``, the result keeps that backward's ``dY/dx`` (CP-LRP's pixel
+        gradient)."""
         if gamma not in self._daam_lrp:
             with cp_lrp(self.adapter, gamma), DAAM(self.adapter.model, adapter=self.adapter) as daam:
-                self._daam_lrp[gamma] = daam(self.x, target=self.target)
+                self._daam_lrp[gamma] = daam(self.x, target=self.target, input_grad=self.input_grad)
         return self._daam_lrp[gamma]
 
     @cached_property

@@ -10,6 +10,7 @@ layers (lxt's tuning knob, e.g. 0.05-0.25); ``attnlrp`` and ``daam_lrp`` leave i
 pixels, as Guided Grad-CAM joins Grad-CAM with guided backpropagation (Selvaraju et al. 2017):
 ``minmax(upsample(daam_lrp)) · minmax(blur(ReLU(x · dY/dx), GUIDED_SIGMA))``. DAAM says which
 patches the [class] token read; the pixel relevance, which pixels inside them carry the score.
+Both come from one CP-LRP backward pass.
 """
 
 from __future__ import annotations
@@ -106,11 +107,12 @@ def guided(maps: torch.Tensor, pixels: torch.Tensor, sigma: float = GUIDED_SIGMA
     return (minmax(upsample(maps, size).flatten(1)) * minmax(smooth.flatten(1))).reshape(batch, *size)
 
 
-@register_method("daam_lrp_guided", lrp=True)
+@register_method("daam_lrp_guided", lrp=True, input_grad=True)
 def _daam_lrp_guided(inputs: MethodInputs) -> torch.Tensor:
     """``daam_lrp``'s map times CP-LRP's pixel relevance (smoothed 0.75 px), as Guided Grad-CAM."""
-    _, pixels = attnlrp_relevance(inputs.adapter.model, inputs.x, inputs.target, adapter=inputs.adapter)
-    return guided(inputs.daam_lrp.maps[:, -1], pixels)
+    result = inputs.daam_lrp  # one CP-LRP backward pass for both: its pixel gradient came with it
+    assert result.input_grad is not None  # registered with input_grad: MethodInputs keeps it
+    return guided(result.maps[:, -1], (inputs.x.detach() * result.input_grad).sum(1))
 
 
 __all__ = ["GUIDED_SIGMA", "attnlrp", "attnlrp_relevance", "cp_lrp", "guided", "supports_cp_lrp"]
