@@ -173,11 +173,17 @@ def test_daam_lrp_with_the_gamma_rule_equals_daam_under_zennits_gamma_and_its_ro
     assert torch.equal(maps["daam_lrp_gamma_0_x_rollout"], maps["daam_lrp_x_rollout"])  # gamma 0 is daam_lrp
 
 
-def test_attnlrp_and_daam_lrp_equal_the_float64_restatement_on_a_timm_vit():
+def _tiny_cp_lrp_case(target: list[int]):
+    """A float64 timm ViT on 32 px inputs (a 4 x 4 grid), a batch of three, and the float64
+    reference run with CP-LRP's backward."""
     model = make_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5).double().eval()
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
-    target = torch.tensor([0, 2, 4])
-    expected = reference_daam(model, x, target, cp_lrp=True)
+    target_tensor = torch.tensor(target)
+    return model, x, target_tensor, reference_daam(model, x, target_tensor, cp_lrp=True)
+
+
+def test_attnlrp_and_daam_lrp_equal_the_float64_restatement_on_a_timm_vit():
+    model, x, target, expected = _tiny_cp_lrp_case([0, 2, 4])
     tokens, _ = attnlrp_relevance(model, x, target)
     torch.testing.assert_close(tokens, expected.token_relevance, rtol=1e-9, atol=1e-14)
     torch.testing.assert_close(attnlrp(model, x, target), expected.token_relevance[:, 1:].reshape(3, 4, 4))
@@ -196,10 +202,7 @@ def test_attnlrp_and_daam_lrp_equal_the_float64_restatement_on_a_timm_vit():
 
 
 def test_daam_lrp_guided_equals_the_explicit_float64_product_of_patch_and_pixel_relevance():
-    model = make_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5).double().eval()
-    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
-    target = torch.tensor([1, 3, 0])
-    expected = reference_daam(model, x, target, cp_lrp=True)
+    model, x, target, expected = _tiny_cp_lrp_case([1, 3, 0])
     _, pixels = attnlrp_relevance(model, x, target)
     torch.testing.assert_close(pixels, expected.pixel_relevance, rtol=1e-9, atol=1e-14)
     maps = explain_all(resolve_adapter(model), x, target, ["daam_lrp_guided"])["daam_lrp_guided"]
