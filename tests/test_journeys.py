@@ -389,7 +389,7 @@ def test_custom_adapter_journey(data, tmp_path):
     )
     # a custom adapter has no readout of intermediate blocks (LeGrad), and CP-LRP's hooks do not
     # reach its attention module: those methods are left out, every other one runs
-    left_out = {"legrad", "attnlrp", "daam_lrp", "daam_lrp_x_rollout"}
+    left_out = {"legrad", "attnlrp", "daam_lrp", "daam_lrp_x_rollout", "daam_lrp_guided"}
     assert summary["items"] == 3 and set(summary["methods"]) == set(method_names()) - left_out
 
 
