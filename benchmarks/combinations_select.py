@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from vitflow.cli import main
-from vitflow.core.maps import minmax
+from vitflow.core.maps import minmax, upsample
 from vitflow.methods.attention import attention_rollout, generic_attention
 from vitflow.methods.lrp import attnlrp, attnlrp_relevance
 from vitflow.methods.mixing import generic_mixing, mixed_block_maps, rollout_mixing
@@ -67,13 +67,10 @@ def _lrp(inputs) -> torch.Tensor:
     return inputs.daam_lrp.maps[:, -1]
 
 
-def _up(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A patch map at the pixels of ``like`` (bilinear), for joining a map with a pixel map."""
-    return F.interpolate(m.float()[:, None], size=like.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-
-
 def _smooth(m: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian smoothing of ``(B, H, W)`` maps, any sigma (a kernel of 6 sigma + 1 taps)."""
+    """Gaussian smoothing of ``(B, H, W)`` maps, any sigma (a kernel of 6 sigma + 1 taps), the
+    edges replicated: what the round-two probes were scored with (``vitflow.core.maps.gaussian_blur``,
+    which the registered ``daam_lrp_guided`` uses, reflects them)."""
     radius = max(1, round(3 * sigma))
     k = torch.arange(-radius, radius + 1, dtype=torch.float32)
     g = torch.exp(-(k**2) / (2 * sigma**2))
@@ -87,7 +84,8 @@ def _guided(inputs, gamma: float, floor: float = 0.0, sigma: float = 0.0) -> tor
     ``sigma``, raised by ``floor`` after min-max), as Guided Grad-CAM joins Grad-CAM and pixels."""
     pixels = _cp_lrp_pixels(inputs, gamma)
     pixels = _smooth(pixels, sigma) if sigma else pixels
-    return _mm(_up(inputs.daam_lrp_gamma(gamma).maps[:, -1], inputs.x)) * (floor + _mm(pixels))
+    patches = upsample(inputs.daam_lrp_gamma(gamma).maps[:, -1], inputs.x.shape[-2:])
+    return _mm(patches) * (floor + _mm(pixels))
 
 
 def _cp_lrp_pixels(inputs, gamma: float = 0.0) -> torch.Tensor:
@@ -127,9 +125,9 @@ CANDIDATES = {
     "lrp_x_rollout_mixed_x_attnlrp": lambda i: _geo(
         _lrp(i), _carried(i, rollout_mixing(i.trace)), _attnlrp(i)
     ),
-    "lrp_x_cp_lrp_pixels": lambda i: _geo(_up(_lrp(i), i.x), _cp_lrp_pixels(i)),
+    "lrp_x_cp_lrp_pixels": lambda i: _geo(upsample(_lrp(i), i.x.shape[-2:]), _cp_lrp_pixels(i)),
     "lrp_gamma_x_cp_lrp_gamma_pixels": lambda i: _geo(
-        _up(i.daam_lrp_gamma(0.25).maps[:, -1], i.x), _cp_lrp_pixels(i, 0.25)
+        upsample(i.daam_lrp_gamma(0.25).maps[:, -1], i.x.shape[-2:]), _cp_lrp_pixels(i, 0.25)
     ),
     "guided_floor_0.25": lambda i: _guided(i, 0.25, floor=0.25),
     "guided_floor_1": lambda i: _guided(i, 0.25, floor=1.0),
@@ -148,7 +146,7 @@ CANDIDATES = {
     # the control of the kept one (registered as daam_lrp_guided): the smoothed pixels alone
     "cp_lrp_pixels_smooth_0.75": lambda i: _smooth(_cp_lrp_pixels(i), 0.75),
     "lrp_x_input_x_gradient": lambda i: _geo(
-        _up(_lrp(i), i.x), (i.x * i.trace.input_grad).sum(1).clamp_min(0)
+        upsample(_lrp(i), i.x.shape[-2:]), (i.x * i.trace.input_grad).sum(1).clamp_min(0)
     ),
 }
 
