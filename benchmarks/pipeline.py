@@ -176,7 +176,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, help="DataLoader workers (default: the command line's for the device)"
     )
-    parser.add_argument("--writers", type=int, default=default_writers())
+    parser.add_argument(
+        "--writers", type=int, help="writer threads (default: the command line's for the device)"
+    )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 below 32 images)")
     parser.add_argument(
         "--model-threads", type=int,
@@ -186,6 +188,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     args.workers = default_workers(args.device) if args.workers is None else args.workers
+    args.writers = default_writers(args.device) if args.writers is None else args.writers
     args.rounds = args.rounds or (3 if args.images >= 32 else 1)
     model, preprocessing = load(args.model, args.device)
     cores = len(os.sched_getaffinity(0))

@@ -61,9 +61,10 @@ def test_a_transform_that_is_not_resize_and_crop_gives_no_box():
 
 
 def test_display_size_rules():
-    assert display_size((224, 224)) == (512, 512)  # small images enlarged to stay readable
-    assert display_size((3000, 4000)) == (768, 1024)  # large ones reduced
-    assert display_size((600, 800)) == (600, 800)  # in between: as they are
+    assert display_size((32, 32)) == (224, 224)  # tiny images enlarged to stay readable
+    assert display_size((224, 224)) == (224, 224)  # a ViT's input size: as it is (the viewer enlarges it)
+    assert display_size((3000, 4000)) == (576, 768)  # large ones reduced
+    assert display_size((600, 700)) == (600, 700)  # in between: as they are
     assert display_size((3000, 4000), 400) == (300, 400)
 
 
@@ -129,8 +130,9 @@ def test_overlay_is_the_blend_in_the_box_and_the_dimmed_photo_outside(cmap, alph
 
 
 def test_explain_draws_on_the_original_or_the_crop(tmp_path):
-    """The command line: by default the pictures are the photo at display size with the crop's
-    box recorded; ``--on crop`` shows the crop; the index shows each image's final map."""
+    """The command line: by default the pictures are the photo at display size (here enlarged to
+    512 px) with the crop's box recorded; ``--on crop`` shows the crop; the index shows each
+    image's final map."""
     from vitflow.cli import main
     from vitflow.data.scenes import generate_scene
 
@@ -138,8 +140,9 @@ def test_explain_draws_on_the_original_or_the_crop(tmp_path):
     wide = np.concatenate([scene, scene[:, :112]], axis=1)  # 224 x 336: the demo's crop is the centre
     Image.fromarray(wide).save(tmp_path / "wide.png")
     assert (
-        main(["explain", str(tmp_path / "wide.png"), "--out", str(tmp_path / "a"), "--gif", "--quiet"]) == 0
-    )
+        main(["explain", str(tmp_path / "wide.png"), "--out", str(tmp_path / "a"), "--gif", "--display-size",
+              "512", "--quiet"]) == 0
+    )  # fmt: skip
     manifest = json.loads((tmp_path / "a" / "wide" / "manifest.json").read_text())
     assert manifest["render"]["on"] == "original" and manifest["render"]["display_size"] == [341, 512]
     box = manifest["render"]["crop_box"]  # the centre 224 x 224 of 336, scaled by 512 / 336

@@ -310,3 +310,18 @@ def test_a_chunk_is_on_the_disk_before_its_record_and_no_image_waits_for_fsync(s
                       (1, ["chunk_000000.safetensors", "chunk_000001.safetensors"], 7)]  # fmt: skip
     assert not [name for name in seen if "manifest" in name or name.endswith((".jpg", ".html"))]
     assert any(".vitflow" in name for name in seen)  # the records themselves are written durably
+
+
+@pytest.mark.parametrize(("cores", "ranks", "cpu", "gpu"), [(2, 1, (0, 0), (1, 2)), (4, 1, (0, 0), (3, 2)),
+                                                         (16, 1, (3, 3), (8, 8)), (16, 4, (0, 0), (3, 2))])
+def test_default_decoders_and_writers_leave_a_cpu_models_cores_to_it(monkeypatch, cores, ranks, cpu, gpu):
+    """On the CPU the model's threads use every core: no decoding process and no writer thread up
+    to 5 cores a rank, one per 4 beyond 2; beside an accelerator the rank's cores decode (less one)
+    and write (half, at least 2)."""
+    from vitflow.data import loader
+
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda _: set(range(cores)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+    assert (loader.default_workers("cpu"), loader.default_writers("cpu")) == cpu
+    assert (loader.default_workers("cuda"), loader.default_writers("cuda")) == gpu
+    assert loader.default_writers() == gpu[1]  # no device given: as beside an accelerator

@@ -154,6 +154,19 @@ def test_viewer_is_one_valid_file_that_references_nothing_remote(run, capsys):
     assert '"viewer": "one/viewer.html"' in index and '"thumbnail": "two/final.jpg"' in index
 
 
+@pytest.mark.parametrize(("size", "css"), [((224, 224), 512), ((224, 168), 384), ((576, 768), 768),
+                                           ((100, 1200), 900)])  # fmt: skip
+def test_viewer_shows_small_pictures_enlarged_on_the_screen_not_in_the_file(size, css):
+    """A picture under 512 px keeps its own pixels in the viewer and is shown with its long side at
+    512 px (the browser enlarges it); larger ones at their size, at most 900 px wide."""
+    maps, block_maps = moving_spot_maps()
+    photo = np.zeros((*size, 3), np.uint8)
+    page = viewer_html(photo, maps, block_maps, title="t", target="x")
+    assert f'width="{size[1]}" height="{size[0]}" style="width: {css}px"' in page
+    embedded = re.search(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", page).group(1)
+    assert Image.open(io.BytesIO(base64.b64decode(embedded))).size == (size[1], size[0])
+
+
 def _canvas(driver) -> np.ndarray:
     uri = driver.execute_script("return document.getElementById('view').toDataURL('image/png')")
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))

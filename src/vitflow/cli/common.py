@@ -47,6 +47,13 @@ def workers_for(args: argparse.Namespace, device) -> int:
     return default_workers(device) if args.workers is None else args.workers
 
 
+def writers_for(args: argparse.Namespace, device) -> int:
+    """``--writers``, or the default for a model on ``device``."""
+    from vitflow.data.loader import default_writers
+
+    return default_writers(device) if args.writers is None else args.writers
+
+
 def positive_int(text: str) -> int:
     return _whole_number(text, 1, "must be at least 1")
 
@@ -129,7 +136,7 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--display-size", type=positive_int, metavar="PX",
         help="long side of overlays, GIF/MP4 frames, figures and the viewer (default: the image's own, "
-        "kept between 512 and 1024)",
+        "kept between 224 and 768; the viewer shows smaller pictures enlarged to 512 on the screen)",
     )  # fmt: skip
     parser.add_argument(
         "--figure-blocks",
@@ -167,9 +174,10 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
     from vitflow.data.loader import default_writers
 
     parser.add_argument(
-        "--writers", type=_workers, default=default_writers(), metavar="N",
-        help=f"threads encoding the pictures while the model runs (default {default_writers()} here: half "
-        "the cores a rank has, 2 to 8; 0: in the main thread)",
+        "--writers", type=_workers, metavar="N",
+        help="threads encoding the pictures while the model runs (0: in the main thread; default with a "
+        f"GPU {default_writers('cuda')} here, half the cores a rank has, 2 to 8; on the CPU "
+        f"{default_writers('cpu')} here, none up to 5 cores, as the model's threads use them all)",
     )  # fmt: skip
     add_scale_options(parser, chunk=512)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -342,8 +350,8 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
         report = explain_files(
             loaded.model, loaded.preprocessing, images, args.out, target=target, names=names, options=options,
             metadata=metadata, batch_size=args.batch_size, chunk_images=args.chunk,
-            workers=workers_for(args, device),
-            writers=args.writers, save_maps=args.save_maps, images=not args.no_images, device=device,
+            workers=workers_for(args, device), writers=writers_for(args, device),
+            save_maps=args.save_maps, images=not args.no_images, device=device,
             rho=args.rho, normalize_blocks=args.normalize_blocks, max_pixels=args.max_pixels, group=group,
             on_error=say_error, on_note=say_note, on_done=say_done, progress=not args.quiet,
             keep_manifests=False,

@@ -45,9 +45,17 @@ def default_workers(device: torch.device | str | None = None) -> int:
     return max(0, min(8, cores - 1))
 
 
-def default_writers() -> int:
-    """Threads encoding outputs per rank: half the rank's cores, at least 2 and at most 8 (PNG and
-    GIF encoding release the GIL; on 2 cores, 2 threads write 1.8x faster than one)."""
+def default_writers(device: torch.device | str | None = None) -> int:
+    """Threads encoding outputs per rank for a model on ``device``.
+
+    On an accelerator (or ``None``): half the rank's cores, at least 2 and at most 8 (PNG and GIF
+    encoding release the GIL; on 2 cores, 2 threads write 1.8x faster than one). On the CPU the
+    rule of ``default_workers``, for its reason: the model's threads use every core, and a writer
+    thread that takes one from them stalls the other at the next barrier. On 2 cores writing in
+    the main thread made ``explain`` faster than 1 or 2 writer threads (``benchmarks/pipeline.py``:
+    0.62x model only against 0.51x and 0.50x on the demo ViT; 0.75x, 0.76x, 0.74x on deit_small)."""
+    if device is not None and torch.device(device).type == "cpu":
+        return default_workers(device)
     return max(2, min(8, _cores_per_rank() // 2))
 
 

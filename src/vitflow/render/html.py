@@ -34,6 +34,9 @@ VIEWER_COLORMAPS = ("jet", "inferno", "viridis", "gray")
 PHOTO_QUALITY = 90
 #: images per page of the index
 INDEX_PAGE = 120
+#: the long side a viewer shows a smaller picture at on the screen (the browser enlarges it: the
+#: file keeps the picture's own pixels), and the widest it is shown
+VIEW_MIN, VIEW_MAX = 512, 900
 
 
 def _jpeg_data_uri(array: np.ndarray) -> str:
@@ -349,7 +352,7 @@ def viewer_html(
     page = _VIEWER
     for key, value in {
         "__TITLE__": html.escape(title),
-        "__CSS_W__": str(min(max(width, 384), 900)),
+        "__CSS_W__": str(min(round(width * max(1.0, VIEW_MIN / max(width, height))), VIEW_MAX)),
         "__W__": str(width),
         "__H__": str(height),
         "__L__": str(len(raw_maps)),

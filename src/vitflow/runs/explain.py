@@ -193,7 +193,7 @@ def explain_files(
             number of ranks: the batches are fixed by these two numbers.
         workers: ``DataLoader`` processes decoding images (0: in this process).
         writers: threads encoding the bundles while the model runs (0: in this thread; default
-            ``default_writers``).
+            ``default_writers(device)``: none on a CPU of up to 5 cores).
         save_maps: ``"float16"`` (default) or ``"float32"``: the precision of the raw maps, logits and targets
             of each chunk to ``OUT/maps/chunk_NNNNNN.safetensors`` (``vitflow.load_maps``).
         images: write the picture bundles (``False``: maps only).
@@ -346,7 +346,7 @@ def explain_files(
         return sum(len(b) for b in plan[chunk])
 
     describe = describer(plan, "images", lambda i: str(jobs[i][0]))
-    pool = _Writers(default_writers() if writers is None else writers, bound=2 * batch_size)
+    pool = _Writers(default_writers(device) if writers is None else writers, bound=2 * batch_size)
     placements = CropBoxes(preprocessing)
     try:
         with DAAM(model, rho=rho, normalize_blocks=normalize_blocks, adapter=adapter) as daam:
