@@ -47,13 +47,6 @@ def workers_for(args: argparse.Namespace, device) -> int:
     return default_workers(device) if args.workers is None else args.workers
 
 
-def writers_for(args: argparse.Namespace, device) -> int:
-    """``--writers``, or the default for a model on ``device``."""
-    from vitflow.data.loader import default_writers
-
-    return default_writers(device) if args.writers is None else args.writers
-
-
 def positive_int(text: str) -> int:
     return _whole_number(text, 1, "must be at least 1")
 
@@ -350,7 +343,7 @@ def explain_into(args: argparse.Namespace, images: Sequence[str]) -> int:
         report = explain_files(
             loaded.model, loaded.preprocessing, images, args.out, target=target, names=names, options=options,
             metadata=metadata, batch_size=args.batch_size, chunk_images=args.chunk,
-            workers=workers_for(args, device), writers=writers_for(args, device),
+            workers=workers_for(args, device), writers=args.writers,  # None: the default for the device
             save_maps=args.save_maps, images=not args.no_images, device=device,
             rho=args.rho, normalize_blocks=args.normalize_blocks, max_pixels=args.max_pixels, group=group,
             on_error=say_error, on_note=say_note, on_done=say_done, progress=not args.quiet,
