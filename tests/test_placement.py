@@ -63,9 +63,35 @@ def test_a_transform_that_is_not_resize_and_crop_gives_no_box():
 def test_display_size_rules():
     assert display_size((32, 32)) == (224, 224)  # tiny images enlarged to stay readable
     assert display_size((224, 224)) == (224, 224)  # a ViT's input size: as it is (the viewer enlarges it)
-    assert display_size((3000, 4000)) == (576, 768)  # large ones reduced
-    assert display_size((600, 700)) == (600, 700)  # in between: as they are
-    assert display_size((3000, 4000), 400) == (300, 400)
+    assert display_size((3000, 4000)) == (500, 667)  # large ones reduced by a whole factor (6)
+    assert display_size((1067, 1600)) == (356, 534)  # by 3, rounded up as Pillow's reduce
+    assert display_size((512, 769)) == (256, 385)  # just over 768: halved
+    assert display_size((600, 768)) == (600, 768)  # in between: as they are
+    assert display_size((3000, 4000), 400) == (300, 400)  # a size asked for: exactly that
+
+
+@pytest.mark.parametrize(("height", "width", "factor"), [(1067, 1600, 3), (700, 1537, 3), (800, 900, 2)])
+def test_a_large_photo_is_shown_as_means_of_whole_blocks_and_its_box_scaled_exactly(height, width, factor):
+    """Each picture pixel is the mean of its n x n block of the photo (the last row and column:
+    of what is left), within the 1 grey level of Pillow's fixed-point rounding; the crop's box
+    lands where the same photo pixels are."""
+    from vitflow.render.placement import Shown, reduction
+
+    rng = np.random.default_rng(height)
+    photo = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    assert reduction((height, width)) == factor
+    shown = Shown.of(Image.fromarray(photo))
+    rows, cols = -(-height // factor), -(-width // factor)
+    assert shown.image.shape == (rows, cols, 3) and shown.original_size == (height, width)
+    padded = np.full((rows * factor, cols * factor, 3), np.nan)
+    padded[:height, :width] = photo
+    means = np.nanmean(padded.reshape(rows, factor, cols, factor, 3), axis=(1, 3))  # float64
+    assert np.abs(shown.image - means).max() <= 1.0
+    assert np.array_equal(Shown.of(photo).image, shown.image)  # an array gives the same picture
+    box = Box(top=30.0, left=45.0, height=600.0, width=660.0)
+    placed = Display.of_original(shown, box).box
+    expected = (30.0 / factor, 45.0 / factor, 600.0 / factor, 660.0 / factor)
+    assert (placed.top, placed.left, placed.height, placed.width) == pytest.approx(expected, rel=1e-12)
 
 
 def test_a_peak_on_a_known_object_lands_on_it_in_the_original():

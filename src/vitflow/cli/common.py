@@ -129,7 +129,8 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--display-size", type=positive_int, metavar="PX",
         help="long side of overlays, GIF/MP4 frames, figures and the viewer (default: the image's own, "
-        "kept between 224 and 768; the viewer shows smaller pictures enlarged to 512 on the screen)",
+        "224 to 768, a larger one divided by a whole factor: 1600 px -> 534; the viewer shows pictures "
+        "under 512 enlarged on the screen)",
     )  # fmt: skip
     parser.add_argument(
         "--figure-blocks",

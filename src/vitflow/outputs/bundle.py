@@ -53,7 +53,7 @@ class RenderOptions:
     gif: bool = False
     #: draw on the "original" photo (the crop's box placed in it, the rest dimmed) or on the "crop"
     on: str = "original"
-    #: long side of the pictures in pixels (default: the original's, kept between 512 and 1024)
+    #: long side of the pictures in pixels (default: ``vitflow.render.placement.display_size``)
     display_size: int | None = None
     #: also write ``input.png`` (the crop the model saw) and every block's overlay ``block_NN.png``
     blocks: bool = False
