@@ -7,9 +7,7 @@ Rows:
   DataLoader workers and writer threads as the command line sets them;
 - with the GIF too (``--gif``), maps only (``images=False``, ``--no-images``) and every picture
   (``--blocks --gif``: flow.gif, input.png and every block's overlay too);
-- the main thread alone (workers 0, writers 0, decoding between batches), with its split:
-  decode / model / encode; and the same with the decoding one batch ahead in a thread at the
-  lowest CPU priority (what workers 0 does on Linux);
+- the main thread alone (workers 0, writers 0), with its split: decode / model / encode;
 - bytes and files written per image;
 - the encoder alone: the default bundles of precomputed results written by 1, 2 and all cores'
   worth of threads, and of processes (``concurrent.futures``), images per second.
@@ -41,7 +39,6 @@ import torch
 from PIL import Image
 
 from vitflow import DAAM
-from vitflow.data import loader
 from vitflow.data.images import load_image
 from vitflow.data.loader import default_workers, default_writers
 from vitflow.data.scenes import write_scenes
@@ -103,17 +100,13 @@ def model_only(model, preprocessing, files: list[Path], batch: int, device: str,
 
 
 def end_to_end(model, preprocessing, folder: Path, batch: int, device: str, threads: int | None = None,
-               ahead: bool = True, **kwargs):  # fmt: skip
+               **kwargs):  # fmt: skip
     """Seconds, report, bytes and files written for one explain run (the output is removed), with
-    ``threads`` torch threads if given (the model-only passes keep the default); ``ahead=False``:
-    with no DataLoader worker, decode between batches in the caller's thread instead of a thread
-    one batch ahead (what ``batches`` does where a thread cannot lower its priority)."""
+    ``threads`` torch threads if given (the model-only passes keep the default)."""
     out = Path(tempfile.mkdtemp(prefix="vitflow-pipeline-"))
     default_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    can_nice = loader.CAN_NICE_THREAD
-    loader.CAN_NICE_THREAD = can_nice and ahead
     try:
         sync(device)
         start = time.perf_counter()
@@ -123,7 +116,6 @@ def end_to_end(model, preprocessing, folder: Path, batch: int, device: str, thre
         written = [p for p in out.rglob("*") if p.is_file() and ".vitflow" not in p.parts]
         return seconds, report, sum(p.stat().st_size for p in written), len(written)
     finally:
-        loader.CAN_NICE_THREAD = can_nice
         torch.set_num_threads(default_threads)
         shutil.rmtree(out, ignore_errors=True)
 
@@ -214,12 +206,7 @@ def main() -> None:
         end_to_end(**run, **pooled)  # warm caches
         rows = {  # the rows the targets are about last (the before-stop hook shows the last four)
             "every picture (--blocks --gif)": dict(pooled, options=RenderOptions(blocks=True, gif=True)),
-            "default, all in the main thread (workers 0, writers 0, no thread ahead)": dict(
-                workers=0, writers=0, ahead=False
-            ),
-            "default, decoding one batch ahead at the lowest priority (workers 0, writers 0)": dict(
-                workers=0, writers=0
-            ),
+            "default, main thread only (workers 0, writers 0)": dict(workers=0, writers=0),
             "default and flow.gif (--gif)": dict(pooled, options=RenderOptions(gif=True)),
             "maps only (--no-images)": dict(pooled, images=False),
             "default explain": dict(pooled),
@@ -233,7 +220,7 @@ def main() -> None:
             for label, options in rows.items():  # each row beside its own model-only pass
                 model_seconds.append(model_only(model, preprocessing, files, args.batch, args.device))
                 measured[label].append((model_seconds[-1], *end_to_end(**run, **options)))
-        serial = measured["default, all in the main thread (workers 0, writers 0, no thread ahead)"][-1][1:]
+        serial = measured["default, main thread only (workers 0, writers 0)"][-1][1:]
         encoder = encoder_alone(model, preprocessing, files[: min(len(files), 32)], cores)
     n = len(files)
     what = "photos of 640-1600 px" if args.photos else f"scenes of {args.size} px"

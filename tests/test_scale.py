@@ -4,8 +4,6 @@ outputs, saved maps read back exactly, runs resume chunk by chunk, and the bank 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -197,7 +195,7 @@ def test_scale_options_are_checked_in_one_line(scenes, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["explain", str(scenes), "--out", out, "--workers", "-1"])
     assert exit_.value.code == 2
-    assert "must be 0 (decode in this process) or more" in capsys.readouterr().err
+    assert "must be 0 (decode in the main process) or more" in capsys.readouterr().err
     assert main(["explain", str(scenes), "--out", out, "--save-maps", "float16", "--no-images", "--quiet",
                  "--workers", "1", "--chunk", "3"]) == 1  # fmt: skip  (the broken file)
     assert load_maps(out).result.maps.dtype == torch.float16
@@ -327,68 +325,3 @@ def test_default_decoders_and_writers_leave_a_cpu_models_cores_to_it(monkeypatch
     assert (loader.default_workers("cpu"), loader.default_writers("cpu")) == cpu
     assert (loader.default_workers("cuda"), loader.default_writers("cuda")) == gpu
     assert loader.default_writers() == gpu[1]  # no device given: as beside an accelerator
-
-
-def test_decoding_ahead_gives_the_items_in_order_then_the_error_and_stays_bounded():
-    """``Ahead``: every item of the source in order, an error the source raises raised in the
-    caller after the items before it, at most ``depth`` items waiting (plus the one being made)."""
-    import time
-
-    from vitflow.data.loader import Ahead
-
-    assert list(Ahead(iter(range(50)))) == list(range(50))
-
-    def failing():
-        yield from range(3)
-        raise ValueError("item 3 broke")
-
-    ahead, got = Ahead(failing()), []
-    with pytest.raises(ValueError, match="item 3 broke"):
-        for item in ahead:
-            got.append(item)
-    assert got == [0, 1, 2]
-    assert list(ahead) == []  # finished: no more items, no second error
-
-    made = []
-
-    def counted():
-        for i in range(100):
-            made.append(i)
-            yield i
-
-    ahead = Ahead(counted(), depth=2)
-    assert next(ahead) == 0
-    time.sleep(0.3)  # the thread runs as far ahead as it may
-    assert len(made) <= 1 + 2 + 1  # the one taken, two waiting, one made and blocked on the queue
-    thread = ahead._thread
-    ahead.close()
-    assert not thread.is_alive()  # closed: its thread has ended
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
-def test_the_decoding_thread_runs_at_the_lowest_priority_and_leaves_the_callers_alone():
-    import threading
-
-    from vitflow.data.loader import AHEAD_NICE, Ahead
-
-    def priorities():
-        yield os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert list(Ahead(priorities())) == [AHEAD_NICE] == [19]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
-
-
-def test_an_unfinished_decoding_thread_stops_when_its_iterator_is_dropped():
-    import gc
-
-    from vitflow.data.loader import Ahead
-
-    ahead = Ahead(iter(range(1000)), depth=1)
-    next(ahead)
-    thread = ahead._thread
-    assert thread.is_alive()
-    del ahead
-    gc.collect()
-    thread.join(timeout=5)
-    assert not thread.is_alive()

@@ -20,7 +20,7 @@ _RANK = f"[rank {os.environ['RANK']}] " if os.environ.get("RANK", "0") != "0" el
 
 
 def _workers(text: str) -> int:
-    return _whole_number(text, 0, "must be 0 (decode in this process) or more")
+    return _whole_number(text, 0, "must be 0 (decode in the main process) or more")
 
 
 def add_scale_options(parser: argparse.ArgumentParser, chunk: int) -> None:
@@ -29,8 +29,7 @@ def add_scale_options(parser: argparse.ArgumentParser, chunk: int) -> None:
 
     parser.add_argument(
         "--workers", type=_workers, metavar="N",
-        help="DataLoader processes decoding images per rank (0: in this process, a batch ahead by a thread "
-        "at the lowest CPU priority; default with a GPU "
+        help="DataLoader processes decoding images per rank (0: in the main process; default with a GPU "
         f"{default_workers('cuda')} here, the cores a rank has less one, at most 8; on the CPU "
         f"{default_workers('cpu')} here, none up to 5 cores, as the model's threads use them all)",
     )  # fmt: skip

@@ -3,17 +3,13 @@
 A run fixes its batches up front (lists of item indices, see
 ``vitflow.runs.distributed.chunk_batches``); ``batches`` yields them in that order, decoded by
 ``workers`` processes ahead of the model (``prefetch_factor`` batches each: a bounded queue, so
-memory stays flat on long runs); with no worker, by a thread of this process one batch ahead, at
-the lowest CPU priority (``Ahead``). An image that cannot be read travels as an error line instead
-of a tensor, so a broken file never stops a batch.
+memory stays flat on long runs). An image that cannot be read travels as an error line instead of
+a tensor, so a broken file never stops a batch.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +38,7 @@ def default_workers(device: torch.device | str | None = None) -> int:
     most 8. On the CPU the model's threads already use every core and a decoding process takes
     them from it: on 2 cores one worker made ``explain`` 25-30 % slower than decoding in the main
     process (``benchmarks/pipeline.py``, demo ViT and deit_small), so none up to 5 cores, then one
-    per 4 cores beyond 2. With none, a thread at the lowest priority decodes one batch ahead
-    (``Ahead``), which beat both on 2 cores."""
+    per 4 cores beyond 2."""
     cores = _cores_per_rank()
     if device is not None and torch.device(device).type == "cpu":
         return max(0, min(8, (cores - 2) // 4))
@@ -131,28 +126,14 @@ def collate(samples: list) -> Batch:
     return batch
 
 
-#: a thread can lower its own CPU priority alone (Linux: each thread is a task with its own nice value)
-CAN_NICE_THREAD = sys.platform.startswith("linux")
-#: the nice value of the thread that decodes ahead: the lowest priority, so it runs on what the
-#: model's threads leave idle and never takes a core from them
-AHEAD_NICE = 19
-
-
 def batches(
     dataset: Dataset, plan: Sequence[Sequence[int]], workers: int = 0, pin_memory: bool = False
 ) -> Iterator[Batch]:
-    """The batches of ``plan`` (index lists), in order, decoded by ``workers`` processes; 0: in
-    this process, one batch ahead by a thread at the lowest CPU priority (``Ahead``; where a
-    thread cannot lower its own priority, in the caller's thread as it asks)."""
+    """The batches of ``plan`` (index lists), in order, decoded by ``workers`` processes (0: here)."""
     if workers == 0:
-        made = (collate([dataset[i] for i in indices]) for indices in plan)
-        return Ahead(made) if CAN_NICE_THREAD else made
-    return _loaded(dataset, plan, workers, pin_memory)
-
-
-def _loaded(
-    dataset: Dataset, plan: Sequence[Sequence[int]], workers: int, pin_memory: bool
-) -> Iterator[Batch]:
+        for indices in plan:
+            yield collate([dataset[i] for i in indices])
+        return
     loader = DataLoader(
         dataset,
         batch_sampler=[list(indices) for indices in plan],
@@ -162,73 +143,3 @@ def _loaded(
         prefetch_factor=2,
     )
     yield from loader
-
-
-class Ahead:
-    """The items of ``source``, in order, made ``depth`` ahead of the caller by a thread at nice
-    ``AHEAD_NICE``.
-
-    On a CPU the model's threads use every core, and a decoding process or a thread at the same
-    priority took a core from them at every step (slower than decoding between batches). At the
-    lowest priority the thread runs only where the model leaves a core idle (its Python, its
-    serial steps) and decodes at full speed while the caller waits for it: on 2 cores,
-    ``vitflow explain`` went 0.81 -> 0.91x model only on deit_small's photos, 0.66 -> 0.76x on the
-    demo ViT's scenes, 0.89 -> 0.96x maps only (medians of 4 interleaved rounds). An error the
-    source raises is raised here; ``close`` (or dropping the iterator) stops the thread. At most
-    ``depth`` items wait, so memory stays flat."""
-
-    def __init__(self, source: Iterator, depth: int = 1) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._finished = False
-        # the thread holds the queue and the event, not this object: dropping it stops the thread
-        self._thread = threading.Thread(target=_produce, args=(source, self._queue, self._stop),
-                                        name="vitflow-decode", daemon=True)  # fmt: skip
-        self._thread.start()
-
-    def __iter__(self) -> Ahead:
-        return self
-
-    def __next__(self):
-        if self._finished:
-            raise StopIteration
-        kind, value = self._queue.get()
-        if kind == "item":
-            return value
-        self._finished = True
-        if kind == "error":
-            raise value
-        raise StopIteration
-
-    def close(self) -> None:
-        self._finished = True
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def __del__(self) -> None:
-        self._stop.set()
-
-
-def _produce(source: Iterator, out: queue.Queue, stop: threading.Event) -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), AHEAD_NICE)  # this thread only
-    except (OSError, AttributeError):  # not allowed, or no such call: a plain thread
-        pass
-
-    def put(entry: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        for item in source:
-            if not put(("item", item)):
-                return
-        put(("end", None))
-    except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, raised there
-        put(("error", error))

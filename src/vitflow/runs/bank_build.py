@@ -73,8 +73,7 @@ def build_bank(
         chunk_images: images per resumable chunk (rounded up to whole batches).
         half: store features in float16 (half the memory; similarities change by ~1e-3).
         on_error: called with a one-line message per unreadable image (default: print to stderr).
-        workers: ``DataLoader`` processes decoding images (0: in this process, one batch ahead by
-            a thread at the lowest CPU priority).
+        workers: ``DataLoader`` processes decoding images (0: in this process).
         group: this process's rank; each rank computes its share of the chunks, rank 0 writes the
             bank, and every rank returns it.
     """
@@ -128,8 +127,6 @@ def build_bank(
     try:
         run_chunks(group, todo, build_chunk, describe, bar.update)
     finally:
-        if hasattr(decoded, "close"):  # the thread decoding ahead, the DataLoader's workers
-            decoded.close()
         bar.close()
     if group.is_main:
         layout = {"batch_size": batch_size, "chunk_images": per_chunk * batch_size, "chunks": len(plan),

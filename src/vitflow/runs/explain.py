@@ -1,7 +1,6 @@
 """Explaining many image files: the library function behind ``vitflow explain`` and ``vitflow demo``.
 
-Files (and folders, walked for images) are decoded in ``DataLoader`` workers (with none, by a
-thread one batch ahead at the lowest CPU priority), explained in batches,
+Files (and folders, walked for images) are decoded in ``DataLoader`` workers, explained in batches,
 and each image's bundle is written atomically into its own folder by a pool of writer threads
 while the next batch runs through the model. An image that cannot be read or written is reported
 in one line and the run goes on. The batches are grouped in chunks: a finished chunk's files are
@@ -192,8 +191,7 @@ def explain_files(
         batch_size: images per forward pass; chunk_images: images per resumable chunk (rounded
             up to whole batches). Results do not depend on ``workers``, ``writers`` or the
             number of ranks: the batches are fixed by these two numbers.
-        workers: ``DataLoader`` processes decoding images (0: in this process, one batch ahead by
-            a thread at the lowest CPU priority, ``vitflow.data.loader.Ahead``).
+        workers: ``DataLoader`` processes decoding images (0: in this process).
         writers: threads encoding the bundles while the model runs (0: in this thread; default
             ``default_writers(device)``: none on a CPU of up to 5 cores).
         save_maps: ``"float16"`` (default) or ``"float32"``: the precision of the raw maps, logits and targets
@@ -361,8 +359,6 @@ def explain_files(
         raise
     finally:
         pool.close()
-        if hasattr(loader, "close"):  # the thread decoding ahead, the DataLoader's workers
-            loader.close()
         bar.close()
     return _merge(report, ledger, len(plan), set(todo), out, options.html and images, metadata, group)
 
