@@ -361,18 +361,15 @@ class Shown:
 
     @classmethod
     def of(cls, original, size: int | None = None) -> Shown:
-        factor = reduction(original_size(original), size)
-        if factor > 1:
-            photo = (
-                original if isinstance(original, Image.Image) else Image.fromarray(image_to_uint8(original))
-            )
-            reduced = (photo if photo.mode == "RGB" else photo.convert("RGB")).reduce(factor)
-            return cls(np.asarray(reduced), original_size(original), (1 / factor, 1 / factor))
+        had = original_size(original)
         if isinstance(original, Image.Image):
-            pixels = np.asarray(original if original.mode == "RGB" else original.convert("RGB"))
+            photo = original if original.mode == "RGB" else original.convert("RGB")
         else:
-            pixels = image_to_uint8(original)
-        return cls(resized(pixels, display_size(pixels.shape[:2], size)), original_size(original))
+            photo = Image.fromarray(image_to_uint8(original))
+        factor = reduction(had, size)
+        if factor > 1:
+            return cls(np.asarray(photo.reduce(factor)), had, (1 / factor, 1 / factor))
+        return cls(resized(photo, display_size(had, size)), had)
 
 
 class ShownCopies:
